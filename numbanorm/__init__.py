@@ -1,0 +1,38 @@
+"""numbanorm: fast, exact normalization layers for NumPy, with Numba kernels.
+
+Every norm has a forward function returning ``(y, saved)`` and a backward
+function returning the gradients; see the docstrings for the formulas.
+"""
+
+from ._grouped_norms import (
+    batch_norm,
+    batch_norm_backward,
+    group_norm,
+    group_norm_backward,
+    instance_norm,
+    instance_norm_backward,
+)
+from ._moments import Moments, moments
+from ._row_norms import layer_norm, layer_norm_backward, rms_norm, rms_norm_backward
+from ._types import NormStats
+from ._weight_norm import weight_norm, weight_norm_backward
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Moments",
+    "NormStats",
+    "batch_norm",
+    "batch_norm_backward",
+    "group_norm",
+    "group_norm_backward",
+    "instance_norm",
+    "instance_norm_backward",
+    "layer_norm",
+    "layer_norm_backward",
+    "moments",
+    "rms_norm",
+    "rms_norm_backward",
+    "weight_norm",
+    "weight_norm_backward",
+]

@@ -1,0 +1,23 @@
+"""CPU back end: Numba ``parallel=True`` kernels over canonical views.
+
+The kernels know nothing of axes: they see a row view ``(rows, length)`` or a
+channel view ``(N, P, C, Q)`` (see :mod:`numbanorm._layout`). Every input
+array is C-contiguous; accumulation is float64.
+"""
+
+from .channels import (
+    channel_affine,
+    channel_backward_apply,
+    channel_grad_sums,
+    channel_moments,
+)
+from .rows import row_backward, row_forward
+
+__all__ = [
+    "channel_affine",
+    "channel_backward_apply",
+    "channel_grad_sums",
+    "channel_moments",
+    "row_backward",
+    "row_forward",
+]

@@ -1,0 +1,90 @@
+"""Row kernels: statistics, forward and backward per row of a ``(rows, L)`` view.
+
+Layer norm (``center=True``) and RMS norm (``center=False``) run here. Each
+row is one task, reduced in float64 with a fixed order. Sums are taken about
+a shift (the row's first element when centering), so ``x - mean`` never
+cancels catastrophically even when the mean is 1e6 times the spread.
+"""
+
+import numpy as np
+from numba import prange
+
+from .._jit import kernel
+
+
+@kernel
+def row_forward(x, weight, bias, eps, center, y, mean, rstd):
+    """Normalize each row of ``x`` into ``y``; write its ``mean`` and ``rstd``.
+
+    ``y = (x - mean) * rstd * weight + bias`` with ``rstd = 1/sqrt(var + eps)``,
+    ``var`` the biased variance (``center=True``) or the mean square
+    (``center=False``, then ``mean`` is written as 0).
+    """
+    rows, n = x.shape
+    for r in prange(rows):
+        shift = np.float64(x[r, 0]) if center else 0.0
+        s1 = 0.0
+        s2 = 0.0
+        for j in range(n):
+            d = np.float64(x[r, j]) - shift
+            s1 += d
+            s2 += d * d
+        m = s1 / n
+        if center:
+            var = s2 / n - m * m
+            mu = shift + m
+        else:
+            var = s2 / n
+            mu = 0.0
+        if var < 0.0:
+            var = 0.0
+        rs = 1.0 / np.sqrt(var + eps)
+        mean[r] = mu
+        rstd[r] = rs
+        for j in range(n):
+            y[r, j] = (np.float64(x[r, j]) - mu) * rs * weight[j] + bias[j]
+
+
+@kernel
+def row_backward(
+    dy, x, mean, rstd, weight, center, param_grads, rows_per_block, dx, dweight_part, dbias_part
+):
+    """Gradient of :func:`row_forward` with respect to ``x`` (and the affine).
+
+    With ``xhat = (x - mean) * rstd`` and ``g = dy * weight``:
+    ``dx = rstd * (g - mean(g) - xhat * mean(g * xhat))`` (``mean(g)`` is
+    dropped when ``center=False``). When ``param_grads``, block ``k`` of
+    ``rows_per_block`` rows writes its partial sums of ``dy * xhat`` and ``dy``
+    to ``dweight_part[k]`` and ``dbias_part[k]``; the caller adds the blocks in
+    order, so the result does not depend on the thread count.
+    """
+    rows, n = x.shape
+    nblocks = dweight_part.shape[0]
+    for k in prange(nblocks):
+        dw = np.zeros(n)
+        db = np.zeros(n)
+        stop = min(rows, (k + 1) * rows_per_block)
+        for r in range(k * rows_per_block, stop):
+            mu = mean[r]
+            rs = rstd[r]
+            sg = 0.0
+            sgx = 0.0
+            for j in range(n):
+                g = np.float64(dy[r, j])
+                xh = (np.float64(x[r, j]) - mu) * rs
+                gw = g * weight[j]
+                sg += gw
+                sgx += gw * xh
+            if param_grads:
+                for j in range(n):
+                    g = np.float64(dy[r, j])
+                    dw[j] += g * ((np.float64(x[r, j]) - mu) * rs)
+                    db[j] += g
+            cg = sg / n if center else 0.0
+            cgx = sgx / n
+            for j in range(n):
+                xh = (np.float64(x[r, j]) - mu) * rs
+                dx[r, j] = rs * (np.float64(dy[r, j]) * weight[j] - cg - xh * cgx)
+        if param_grads:
+            dweight_part[k, :] = dw
+            dbias_part[k, :] = db

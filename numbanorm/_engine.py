@@ -1,0 +1,190 @@
+"""Norms as compositions of the back end's kernels.
+
+Host-side code shared by every norm: it sizes the work split, allocates the
+partial-sum arrays, adds them in a fixed order and forms the small
+per-``(n, c)`` coefficient arrays the elementwise kernels take. It sees only
+canonical views (see :mod:`numbanorm._layout`) and float64 statistics.
+
+Grouped statistics over an ``(N, P, C, Q)`` view with ``G`` groups of
+``C // G`` consecutive channels cover batch norm (``N = 1, G = C``), group norm
+and instance norm (``G = C``).
+"""
+
+import numpy as np
+
+from . import _cpu as backend
+from ._layout import readonly
+
+#: Elements one channel-kernel task handles (at least one ``P`` index); fixed,
+#: so the split and hence every result depends on the shape only.
+CHUNK_ELEMENTS = 1 << 16
+#: Row-kernel backward splits rows into at most this many blocks of partial
+#: parameter-gradient sums.
+ROW_BLOCKS = 64
+
+
+def _p_chunk(kshape):
+    """Chunk length along ``P`` and the number of chunks, from the shape alone."""
+    _, p, c, q = kshape
+    chunk = max(1, CHUNK_ELEMENTS // max(1, c * q))
+    return chunk, -(-p // chunk)
+
+
+def _per_channel(per_group, channels_per_group):
+    """Expand ``(N, G)`` group values to ``(N, C)``."""
+    return np.repeat(per_group, channels_per_group, axis=1)
+
+
+def _group_total(per_channel, groups):
+    """Add ``(N, C)`` channel values into ``(N, G)`` groups."""
+    n, c = per_channel.shape
+    return per_channel.reshape(n, groups, c // groups).sum(axis=2)
+
+
+# ------------------------------------------------------------- row norms ---
+
+
+def row_forward(xk, weight, bias, eps, center, yk):
+    """Layer norm (``center``) or RMS norm of each row of ``xk`` into ``yk``."""
+    rows, length = xk.shape
+    w = weight if weight is not None else np.ones(length)
+    b = bias if bias is not None else np.zeros(length)
+    mean = np.empty(rows)
+    rstd = np.empty(rows)
+    backend.row_forward(xk, readonly(w), readonly(b), eps, center, yk, mean, rstd)
+    return mean, rstd
+
+
+def row_backward(dyk, xk, mean, rstd, weight, center, param_grads, dxk):
+    """dx into ``dxk``; returns float64 ``(dweight, dbias)`` sums (or Nones)."""
+    rows, length = xk.shape
+    w = weight if weight is not None else np.ones(length)
+    rows_per_block = max(1, -(-rows // ROW_BLOCKS))
+    nblocks = -(-rows // rows_per_block) if param_grads else 0
+    dw_part = np.empty((nblocks, length))
+    db_part = np.empty((nblocks, length))
+    backend.row_backward(
+        dyk, xk, readonly(mean), readonly(rstd), readonly(w), center, param_grads,
+        rows_per_block, dxk, dw_part, db_part,
+    )
+    if not param_grads:
+        return None, None
+    return dw_part.sum(axis=0), db_part.sum(axis=0)
+
+
+# --------------------------------------------------------- grouped norms ---
+
+
+def group_sums(xk, groups, center):
+    """Sums over each group of an ``(N, P, C, Q)`` view, taken about a shift.
+
+    Returns ``(shift, s1, s2, count)``: ``s1 = sum(x - shift)`` and
+    ``s2 = sum((x - shift)**2)`` per ``(n, group)``, in float64, with
+    ``shift`` the group's first element (0 when not ``center``).
+    """
+    n, p, c, q = xk.shape
+    cg = c // groups
+    chunk, nchunks = _p_chunk(xk.shape)
+    if center and n * p * q > 0:
+        shift = xk[:, 0, ::cg, 0].astype(np.float64)
+    else:
+        shift = np.zeros((n, groups))
+    s1_part = np.empty((n, nchunks, c))
+    s2_part = np.empty((n, nchunks, c))
+    backend.channel_moments(xk, readonly(_per_channel(shift, cg)), chunk, s1_part, s2_part)
+    s1 = _group_total(s1_part.sum(axis=1), groups)
+    s2 = _group_total(s2_part.sum(axis=1), groups)
+    return shift, s1, s2, p * q * cg
+
+
+def group_moments(xk, groups):
+    """Mean and biased variance per ``(n, group)``, float64, shape ``(N, G)``."""
+    shift, s1, s2, count = group_sums(xk, groups, center=True)
+    m = s1 / count
+    var = np.maximum(s2 / count - m * m, 0.0)  # NaN stays NaN
+    return shift + m, var
+
+
+def group_apply(xk, mean, rstd, weight, bias, yk):
+    """``y = (x - mean) * rstd * weight[c] + bias[c]`` with ``mean``/``rstd`` per
+    ``(n, group)``."""
+    n, _, c, _ = xk.shape
+    cg = c // mean.shape[1]
+    scale = _per_channel(rstd, cg)
+    if weight is not None:
+        scale = scale * weight
+    shift = np.broadcast_to(bias if bias is not None else 0.0, (n, c))
+    chunk, _ = _p_chunk(xk.shape)
+    backend.channel_affine(
+        xk, readonly(_per_channel(mean, cg)), readonly(scale), readonly(shift), chunk, yk
+    )
+
+
+def group_backward(dyk, xk, mean, rstd, weight, batch_stats, param_grads, dxk):
+    """Backward of :func:`group_apply`; dx into ``dxk``.
+
+    ``batch_stats``: ``mean``/``rstd`` were computed from ``x`` itself, so the
+    gradient flows through them too. With ``g = dy * weight``, ``M`` elements
+    per group and ``xhat = (x - mean) * rstd``:
+    ``dx = rstd * (g - sum(g)/M - xhat * sum(g * xhat)/M)``, i.e.
+    ``alpha*dy + beta*(x - mean) + gamma`` per ``(n, c)``.
+    Returns float64 ``(dweight, dbias)`` of shape ``(C,)`` (or Nones).
+    """
+    n, p, c, q = xk.shape
+    groups = mean.shape[1]
+    cg = c // groups
+    count = p * q * cg
+    chunk, nchunks = _p_chunk(xk.shape)
+    mean_c = readonly(_per_channel(mean, cg))
+    rstd_c = _per_channel(rstd, cg)
+    w = weight if weight is not None else np.ones(c)
+    alpha = rstd_c * w
+    beta = np.zeros((n, c))
+    gamma = np.zeros((n, c))
+    dweight = dbias = None
+    if batch_stats or param_grads:
+        a_part = np.empty((n, nchunks, c))
+        b_part = np.empty((n, nchunks, c))
+        backend.channel_grad_sums(dyk, xk, mean_c, chunk, a_part, b_part)
+        sum_dy = a_part.sum(axis=1)  # sum(dy) per (n, c)
+        sum_dy_xc = b_part.sum(axis=1)  # sum(dy * (x - mean)) per (n, c)
+        if batch_stats:
+            sum_g = _group_total(sum_dy * w, groups)
+            sum_g_xc = _group_total(sum_dy_xc * w, groups)
+            beta = _per_channel(-(rstd**3) * sum_g_xc / count, cg)
+            gamma = _per_channel(-rstd * sum_g / count, cg)
+        if param_grads:
+            dweight = (sum_dy_xc * rstd_c).sum(axis=0)
+            dbias = sum_dy.sum(axis=0)
+    backend.channel_backward_apply(
+        dyk, xk, mean_c, readonly(alpha), readonly(beta), readonly(gamma), chunk, dxk
+    )
+    return dweight, dbias
+
+
+def scale_rows(xk, scale, yk):
+    """``y = x * scale[n]`` over an ``(N, 1, 1, L)`` view."""
+    zeros = readonly(np.zeros((xk.shape[0], 1)))
+    chunk, _ = _p_chunk(xk.shape)
+    backend.channel_affine(xk, zeros, readonly(scale.reshape(-1, 1)), zeros, chunk, yk)
+
+
+def row_dots(ak, bk):
+    """``sum(a * b)`` per ``n`` of two ``(N, 1, 1, L)`` views, float64."""
+    n = ak.shape[0]
+    chunk, nchunks = _p_chunk(ak.shape)
+    a_part = np.empty((n, nchunks, 1))
+    b_part = np.empty((n, nchunks, 1))
+    backend.channel_grad_sums(ak, bk, readonly(np.zeros((n, 1))), chunk, a_part, b_part)
+    return b_part.sum(axis=1)[:, 0]
+
+
+def combine_rows(ak, bk, alpha, beta, outk):
+    """``out = alpha[n] * a + beta[n] * b`` over ``(N, 1, 1, L)`` views."""
+    n = ak.shape[0]
+    zeros = readonly(np.zeros((n, 1)))
+    chunk, _ = _p_chunk(ak.shape)
+    backend.channel_backward_apply(
+        ak, bk, zeros, readonly(alpha.reshape(-1, 1)), readonly(beta.reshape(-1, 1)), zeros,
+        chunk, outk,
+    )

@@ -1,0 +1,399 @@
+"""Batch, group and instance norm: statistics per channel or per group of
+channels, on the ``(N, P, C, Q)`` channel view."""
+
+import numbers
+
+import numpy as np
+
+from . import _engine as engine
+from ._layout import (
+    as_array,
+    channel_view,
+    check_eps,
+    check_like,
+    check_out,
+    check_param,
+    check_stats,
+    compute_dtype,
+    normalize_axis,
+    param_grad_dtype,
+    require_nonempty_reduction,
+    result_dtype,
+)
+from ._types import NormStats
+
+
+def _prepare(x, axis, weight, bias, batched):
+    x = as_array(x, "x")
+    result = result_dtype(x, "x")
+    if batched and x.ndim < 2:
+        raise ValueError(f"x must have a batch axis and a channel axis, got shape {x.shape}")
+    axis = normalize_axis(axis, x.ndim)
+    if batched and axis == 0:
+        raise ValueError("axis=0 is the batch axis; the channel axis must be another axis")
+    channels = x.shape[axis]
+    w = check_param(weight, (channels,), "weight")
+    b = check_param(bias, (channels,), "bias")
+    view = channel_view(x.shape, axis, batched)
+    return x, result, compute_dtype(result), w, b, view
+
+
+def _grad_dtype(weight, result):
+    return param_grad_dtype(weight) if weight is not None else result
+
+
+def _param_grads(dw, db, weight, has_bias, result):
+    dtype = _grad_dtype(weight, result)
+    return (
+        dw.astype(dtype) if weight is not None else None,
+        db.astype(dtype) if has_bias else None,
+    )
+
+
+# ------------------------------------------------------------ batch norm ---
+
+
+def _check_running(a, channels, name, x):
+    if a is None:
+        return None
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray (it is updated in place)")
+    if a.dtype.kind != "f":
+        raise TypeError(f"{name} must be a float array, got dtype {a.dtype}")
+    if a.shape != (channels,):
+        raise ValueError(f"{name} must have shape ({channels},), got {a.shape}")
+    if not a.flags.writeable:
+        raise ValueError(f"{name} is read-only, but training mode updates it in place")
+    if np.may_share_memory(a, x):
+        raise ValueError(f"{name} must not share memory with x")
+    return a
+
+
+def batch_norm(
+    x,
+    weight=None,
+    bias=None,
+    *,
+    axis=1,
+    eps=1e-5,
+    training=True,
+    running_mean=None,
+    running_var=None,
+    momentum=0.1,
+    out=None,
+):
+    r"""Batch normalization with statistics per channel.
+
+    .. math::
+
+        y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \cdot w_c + b_c
+
+    with the mean and biased variance of each channel ``c`` (index along
+    ``axis``) taken over every other axis. In training mode the batch's own
+    statistics are used and, when given, the running statistics are updated in
+    place: ``running = (1 - momentum) * running + momentum * batch`` with the
+    **unbiased** batch variance, as PyTorch. In eval mode
+    (``training=False``) the running statistics normalize ``x``.
+
+    Parameters
+    ----------
+    x : array_like
+        Input, e.g. ``(N, C)``, ``(N, C, L)``, NCHW or NHWC.
+    weight, bias : array_like, optional
+        Affine parameters, shape ``(C,)``.
+    axis : int, default 1
+        The channel axis (1 for NCHW, -1 for channels-last).
+    eps : float, default 1e-5
+        Added to the variance inside the square root; must be >= 0.
+    training : bool, default True
+        Normalize with batch statistics (True) or the running ones (False).
+    running_mean, running_var : ndarray, optional
+        Float arrays of shape ``(C,)``; both or neither. Updated in place in
+        training mode; required in eval mode.
+    momentum : float, default 0.1
+        Weight of the batch statistics in the running update, in ``[0, 1]``.
+    out : ndarray, optional
+        Where to write ``y``.
+
+    Returns
+    -------
+    y : ndarray
+        The normalized array.
+    saved : NormStats
+        ``mean``/``rstd`` per channel (float64) and ``training``.
+    """
+    x, result, dtype, w, b, view = _prepare(x, axis, weight, bias, batched=False)
+    channels = view.kshape[2]
+    eps = check_eps(eps)
+    if not isinstance(training, (bool, np.bool_)):
+        raise TypeError(f"training must be a bool, got {training!r}")
+    if isinstance(momentum, (bool, np.bool_)) or not isinstance(momentum, numbers.Real):
+        raise TypeError(f"momentum must be a real number, got {momentum!r}")
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must be given together")
+    running_mean = _check_running(running_mean, channels, "running_mean", x)
+    running_var = _check_running(running_var, channels, "running_var", x)
+    count = view.kshape[1] * view.kshape[3]
+    require_nonempty_reduction(count, f"channel axis {axis} of shape {x.shape}")
+    if training and count == 1:
+        raise ValueError(
+            f"batch norm in training mode needs more than 1 value per channel, "
+            f"got input shape {x.shape}"
+        )
+    if not training and running_mean is None:
+        raise ValueError("eval mode (training=False) needs running_mean and running_var")
+    out = check_out(
+        out, x.shape, result,
+        {"x": x, "weight": weight, "bias": bias,
+         "running_mean": running_mean, "running_var": running_var},
+    )
+
+    xk = view.to_kernel(x, dtype)
+    if training:
+        mean, var = engine.group_moments(xk, channels)
+        mean, var = mean[0], var[0]
+    else:
+        mean = running_mean.astype(np.float64)
+        var = running_var.astype(np.float64)
+    rstd = 1.0 / np.sqrt(var + eps)
+    yk, finish = view.output(dtype, result, out)
+    engine.group_apply(xk, mean[None], rstd[None], w, b, yk)
+    if training and running_mean is not None:
+        unbiased = var * (count / (count - 1))
+        running_mean[...] = (1.0 - momentum) * running_mean + momentum * mean
+        running_var[...] = (1.0 - momentum) * running_var + momentum * unbiased
+    return finish(), NormStats(mean, rstd, bool(training), bias is not None)
+
+
+def batch_norm_backward(dy, x, saved, weight=None, *, axis=1):
+    r"""Gradients of :func:`batch_norm`.
+
+    Training mode (``saved.training``), with :math:`\hat x = (x-\mu)\,r`,
+    :math:`g = dy\,w_c` and :math:`\langle\cdot\rangle` the mean over a channel:
+    :math:`dx = r\,(g - \langle g\rangle - \hat x\langle g\hat x\rangle)`.
+    Eval mode (running statistics are constants): :math:`dx = r\,g`.
+    Both: :math:`dw_c = \sum dy\,\hat x`, :math:`db_c = \sum dy`.
+
+    Parameters
+    ----------
+    dy : array_like
+        Gradient with respect to ``y``.
+    x : array_like
+        The forward pass's input.
+    saved : NormStats
+        The forward pass's ``saved``.
+    weight : array_like, optional
+        The forward pass's weight.
+    axis : int, default 1
+        The forward pass's channel axis.
+
+    Returns
+    -------
+    dx : ndarray
+        Gradient with respect to ``x``.
+    dweight, dbias : ndarray or None
+        Gradients of the affine parameters (None when absent).
+    """
+    x, result, dtype, w, _, view = _prepare(x, axis, weight, None, batched=False)
+    channels = view.kshape[2]
+    dy = check_like(dy, x.shape, result, "dy")
+    mean = check_stats(saved.mean, (channels,), "saved.mean")
+    rstd = check_stats(saved.rstd, (channels,), "saved.rstd")
+    has_bias = bool(saved.has_bias)
+    dxk, finish = view.output(dtype, result, None)
+    dw, db = engine.group_backward(
+        view.to_kernel(dy, dtype), view.to_kernel(x, dtype), mean[None], rstd[None], w,
+        bool(saved.training), weight is not None or has_bias, dxk,
+    )
+    return (finish(), *_param_grads(dw, db, weight, has_bias, result))
+
+
+# ----------------------------------------------- group and instance norm ---
+
+
+def _check_groups(num_groups, channels):
+    if isinstance(num_groups, (bool, np.bool_)) or not isinstance(num_groups, numbers.Integral):
+        raise TypeError(f"num_groups must be an int, got {num_groups!r}")
+    if num_groups < 1 or channels % num_groups:
+        raise ValueError(
+            f"num_groups={num_groups} must be a positive divisor of the number of "
+            f"channels C={channels}"
+        )
+    return int(num_groups)
+
+
+def _grouped_forward(x, groups, weight, bias, axis, eps, out, per_channel):
+    x, result, dtype, w, b, view = _prepare(x, axis, weight, bias, batched=True)
+    n, p, channels, q = view.kshape
+    groups = channels if per_channel else _check_groups(groups, channels)
+    eps = check_eps(eps)
+    require_nonempty_reduction(p * q * (channels // max(groups, 1)), f"shape {x.shape}")
+    if per_channel and p * q == 1:
+        raise ValueError(
+            f"instance norm needs more than 1 spatial element per channel, got shape {x.shape}"
+        )
+    out = check_out(out, x.shape, result, {"x": x, "weight": weight, "bias": bias})
+    xk = view.to_kernel(x, dtype)
+    mean, var = engine.group_moments(xk, groups)
+    rstd = 1.0 / np.sqrt(var + eps)
+    yk, finish = view.output(dtype, result, out)
+    engine.group_apply(xk, mean, rstd, w, b, yk)
+    return finish(), NormStats(mean, rstd, True, bias is not None)
+
+
+def _grouped_backward(dy, x, saved, weight, axis, per_channel):
+    x, result, dtype, w, _, view = _prepare(x, axis, weight, None, batched=True)
+    n, _, channels, _ = view.kshape
+    dy = check_like(dy, x.shape, result, "dy")
+    rstd = as_array(saved.rstd, "saved.rstd")
+    if per_channel:
+        groups = channels
+    elif rstd.ndim == 2 and rstd.shape[1] >= 1 and channels % rstd.shape[1] == 0:
+        groups = rstd.shape[1]
+    else:
+        raise ValueError(
+            f"saved.rstd has shape {rstd.shape}, expected (N, num_groups) with "
+            f"num_groups dividing C={channels}"
+        )
+    mean = check_stats(saved.mean, (n, groups), "saved.mean")
+    rstd = check_stats(rstd, (n, groups), "saved.rstd")
+    has_bias = bool(saved.has_bias)
+    dxk, finish = view.output(dtype, result, None)
+    dw, db = engine.group_backward(
+        view.to_kernel(dy, dtype), view.to_kernel(x, dtype), mean, rstd, w, True,
+        weight is not None or has_bias, dxk,
+    )
+    return (finish(), *_param_grads(dw, db, weight, has_bias, result))
+
+
+def group_norm(x, num_groups, weight=None, bias=None, *, axis=1, eps=1e-5, out=None):
+    r"""Group normalization: statistics per sample and group of channels.
+
+    The ``C`` channels (index along ``axis``) are split into ``num_groups``
+    groups of consecutive channels; for each sample (axis 0) and group
+
+    .. math::
+
+        y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \cdot w_c + b_c
+
+    with the mean and biased variance over the group's channels and every
+    spatial axis, as ``torch.nn.functional.group_norm``.
+
+    Parameters
+    ----------
+    x : array_like
+        Input with the batch on axis 0, e.g. NCHW or NHWC.
+    num_groups : int
+        Number of groups; must divide ``C``.
+    weight, bias : array_like, optional
+        Affine parameters, shape ``(C,)``.
+    axis : int, default 1
+        The channel axis (not 0).
+    eps : float, default 1e-5
+        Added to the variance inside the square root; must be >= 0.
+    out : ndarray, optional
+        Where to write ``y``.
+
+    Returns
+    -------
+    y : ndarray
+        The normalized array.
+    saved : NormStats
+        ``mean``/``rstd`` of shape ``(N, num_groups)`` (float64).
+    """
+    return _grouped_forward(x, num_groups, weight, bias, axis, eps, out, per_channel=False)
+
+
+def group_norm_backward(dy, x, saved, weight=None, *, axis=1):
+    r"""Gradients of :func:`group_norm`.
+
+    Per sample and group of :math:`M` elements, with :math:`\hat x = (x-\mu)\,r`
+    and :math:`g = dy\,w_c`:
+    :math:`dx = r\,(g - \langle g\rangle - \hat x\langle g\hat x\rangle)`;
+    :math:`dw_c = \sum dy\,\hat x`, :math:`db_c = \sum dy` over samples and
+    spatial positions. ``num_groups`` is read from ``saved``.
+
+    Parameters
+    ----------
+    dy : array_like
+        Gradient with respect to ``y``.
+    x : array_like
+        The forward pass's input.
+    saved : NormStats
+        The forward pass's ``saved``.
+    weight : array_like, optional
+        The forward pass's weight.
+    axis : int, default 1
+        The forward pass's channel axis.
+
+    Returns
+    -------
+    dx : ndarray
+        Gradient with respect to ``x``.
+    dweight, dbias : ndarray or None
+        Gradients of the affine parameters (None when absent).
+    """
+    return _grouped_backward(dy, x, saved, weight, axis, per_channel=False)
+
+
+def instance_norm(x, weight=None, bias=None, *, axis=1, eps=1e-5, out=None):
+    r"""Instance normalization: statistics per sample and channel.
+
+    .. math::
+
+        y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \cdot w_c + b_c
+
+    with the mean and biased variance over the spatial axes of each
+    ``(sample, channel)``; equal to ``group_norm(x, C, ...)``. Needs more than
+    one spatial element, as PyTorch.
+
+    Parameters
+    ----------
+    x : array_like
+        Input with the batch on axis 0, e.g. NCHW or NHWC.
+    weight, bias : array_like, optional
+        Affine parameters, shape ``(C,)``.
+    axis : int, default 1
+        The channel axis (not 0).
+    eps : float, default 1e-5
+        Added to the variance inside the square root; must be >= 0.
+    out : ndarray, optional
+        Where to write ``y``.
+
+    Returns
+    -------
+    y : ndarray
+        The normalized array.
+    saved : NormStats
+        ``mean``/``rstd`` of shape ``(N, C)`` (float64).
+    """
+    return _grouped_forward(x, None, weight, bias, axis, eps, out, per_channel=True)
+
+
+def instance_norm_backward(dy, x, saved, weight=None, *, axis=1):
+    r"""Gradients of :func:`instance_norm` (:func:`group_norm_backward` with one
+    channel per group).
+
+    Parameters
+    ----------
+    dy : array_like
+        Gradient with respect to ``y``.
+    x : array_like
+        The forward pass's input.
+    saved : NormStats
+        The forward pass's ``saved``.
+    weight : array_like, optional
+        The forward pass's weight.
+    axis : int, default 1
+        The forward pass's channel axis.
+
+    Returns
+    -------
+    dx : ndarray
+        Gradient with respect to ``x``.
+    dweight, dbias : ndarray or None
+        Gradients of the affine parameters (None when absent).
+    """
+    return _grouped_backward(dy, x, saved, weight, axis, per_channel=True)

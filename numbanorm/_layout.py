@@ -1,0 +1,242 @@
+"""Validation and canonical views, written once for every norm and back end.
+
+A public function validates its arguments here, maps ``x`` to one of the two
+kernel shapes and hands the back end C-contiguous, read-only arrays:
+
+* a **row view** ``(rows, length)``: the normalized axes moved last
+  (layer norm, RMS norm; weight norm and moments use it as ``(rows, 1, 1, L)``);
+* a **channel view** ``(N, P, C, Q)``: ``N`` the batch axis (1 for batch
+  norm), ``C`` the channel axis, ``P`` the axes between them and ``Q`` the
+  axes after it. It is a plain reshape, so C-contiguous input is not copied.
+
+Every check runs before any output or running statistic is written.
+"""
+
+import math
+import numbers
+from typing import NamedTuple
+
+import numpy as np
+
+_DEVICE_HINT = (
+    "numbanorm's CUDA back end is not available in this build; "
+    "pass NumPy arrays (or copy the data to the host first)"
+)
+
+
+# ---------------------------------------------------------------- dtypes ---
+
+
+def result_dtype(x, name="x"):
+    """The dtype of a norm's output for input ``x``.
+
+    float16/float32/float64 are kept; bool and integers promote to float64
+    (as ``np.mean`` does); anything else is a ``TypeError``.
+    """
+    kind = x.dtype.kind
+    if kind in "biu":
+        return np.dtype(np.float64)
+    if kind == "f" and x.dtype.itemsize <= 8:
+        return x.dtype
+    raise TypeError(
+        f"{name} must be a real array (float16, float32, float64, integer or bool), "
+        f"got dtype {x.dtype}"
+    )
+
+
+def compute_dtype(result):
+    """Kernel dtype: float16 is computed in float32 (accumulation is float64)."""
+    return np.dtype(np.float64) if result == np.float64 else np.dtype(np.float32)
+
+
+def as_array(x, name="x"):
+    """``x`` as a NumPy array; device arrays and non-arrays are refused clearly."""
+    if hasattr(x, "__cuda_array_interface__"):
+        raise TypeError(f"{name} is a device array: {_DEVICE_HINT}")
+    if isinstance(x, np.ndarray):
+        return x
+    try:
+        return np.asarray(x)
+    except Exception as exc:  # pragma: no cover - numpy's own message is kept
+        raise TypeError(f"{name} could not be converted to an array: {exc}") from exc
+
+
+# ------------------------------------------------------------ arguments ---
+
+
+def normalize_axis(axis, ndim, name="axis"):
+    """One axis as a non-negative int, with a message naming ``name``."""
+    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {axis!r}")
+    axis = int(axis)
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{name}={axis} is out of range for an array with {ndim} dimensions")
+    return axis % ndim
+
+
+def normalize_axes(axis, ndim, name="axis"):
+    """An int or a tuple of ints as a sorted tuple of distinct axes."""
+    axes = tuple(axis) if isinstance(axis, (tuple, list)) else (axis,)
+    if not axes:
+        raise ValueError(f"{name} must name at least one axis, got {axis!r}")
+    out = tuple(normalize_axis(a, ndim, name) for a in axes)
+    if len(set(out)) != len(out):
+        raise ValueError(f"{name}={axis!r} repeats an axis")
+    return tuple(sorted(out))
+
+
+def check_eps(eps, name="eps"):
+    """``eps`` as a float; it must be a finite, non-negative real number."""
+    if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {eps!r}")
+    eps = float(eps)
+    if not math.isfinite(eps) or eps < 0.0:
+        raise ValueError(f"{name} must be finite and >= 0, got {eps!r}")
+    return eps
+
+
+def check_param(p, shape, name):
+    """An affine parameter as a float64 C-contiguous array of ``shape`` (or None)."""
+    if p is None:
+        return None
+    p = as_array(p, name)
+    result_dtype(p, name)
+    if p.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {p.shape}")
+    return np.ascontiguousarray(p, dtype=np.float64)
+
+
+def param_grad_dtype(p):
+    """Gradients of a parameter come back in the parameter's (promoted) dtype."""
+    return result_dtype(as_array(p, "parameter"))
+
+
+def check_like(a, shape, dtype, name, like="x"):
+    """``a`` must be an array with ``like``'s shape and the expected dtype."""
+    a = as_array(a, name)
+    if a.shape != tuple(shape):
+        raise ValueError(f"{name} must have the shape of {like}, {tuple(shape)}, got {a.shape}")
+    if a.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype} (that of {like}), got {a.dtype}")
+    return a
+
+
+def check_out(out, shape, dtype, inputs, name="out"):
+    """``out`` must be a writeable ndarray of ``shape`` and ``dtype`` that shares
+    no memory with any of ``inputs`` (a dict name -> array)."""
+    if out is None:
+        return None
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
+    if out.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {out.shape}")
+    if out.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype}, got {out.dtype}")
+    if not out.flags.writeable:
+        raise ValueError(f"{name} is read-only")
+    for other_name, other in inputs.items():
+        if other is not None and np.may_share_memory(out, other):
+            raise ValueError(f"{name} must not share memory with {other_name}")
+    return out
+
+
+def check_stats(a, shape, name):
+    """A saved statistic from a forward pass must have the expected shape."""
+    if a is None:
+        raise ValueError(f"{name} is missing: pass the `saved` returned by the forward pass")
+    a = as_array(a, name)
+    if a.shape != tuple(shape):
+        raise ValueError(
+            f"{name} has shape {a.shape}, expected {tuple(shape)}: "
+            "was `saved` produced by the forward pass of this x?"
+        )
+    return np.ascontiguousarray(a, dtype=np.float64)
+
+
+# ---------------------------------------------------------------- views ---
+
+
+class View(NamedTuple):
+    """How ``x`` maps to a kernel array: transpose by ``perm``, reshape to ``kshape``."""
+
+    shape: tuple  # shape of x
+    perm: tuple  # axes of x in kernel order
+    kshape: tuple  # kernel shape
+
+    def to_kernel(self, a, dtype):
+        """``a`` (shaped like x) as a C-contiguous, read-only kernel array.
+
+        Copies only when ``a`` is strided, transposed or of another dtype.
+        Read-only views let one compiled specialization serve writeable and
+        read-only inputs alike.
+        """
+        k = np.ascontiguousarray(a.transpose(self.perm), dtype=dtype).reshape(self.kshape)
+        k = k.view()
+        k.flags.writeable = False
+        return k
+
+    def output(self, dtype, result, out):
+        """A kernel-shaped buffer to write into, and a function giving the result.
+
+        The kernel writes straight into ``out`` when its memory already has the
+        kernel's layout and dtype; otherwise into a new array that is then cast
+        and/or copied.
+        """
+        moved = tuple(self.shape[i] for i in self.perm)
+        if out is not None and out.dtype == dtype:
+            t = out.transpose(self.perm)
+            if t.flags.c_contiguous:
+                return t.reshape(self.kshape), lambda: out
+        buf = np.empty(moved, dtype)
+        inverse = tuple(np.argsort(self.perm))
+
+        def finish():
+            y = buf.transpose(inverse)
+            if out is not None:
+                np.copyto(out, y, casting="unsafe")
+                return out
+            return y.astype(result, copy=False)
+
+        return buf.reshape(self.kshape), finish
+
+
+def readonly(a):
+    """A read-only C-contiguous float64 view of a small array (statistics, coefficients)."""
+    a = np.ascontiguousarray(a, dtype=np.float64).view()
+    a.flags.writeable = False
+    return a
+
+
+def row_view(shape, axes):
+    """Row view: the axes not in ``axes`` become rows, ``axes`` the row.
+
+    Returns the view and the shape of per-row statistics (``shape`` without
+    ``axes``).
+    """
+    keep = tuple(i for i in range(len(shape)) if i not in axes)
+    stat_shape = tuple(shape[i] for i in keep)
+    length = math.prod(shape[i] for i in axes)
+    return View(tuple(shape), keep + tuple(axes), (math.prod(stat_shape), length)), stat_shape
+
+
+def channel_view(shape, axis, batched):
+    """Channel view ``(N, P, C, Q)`` of an array with channel axis ``axis``.
+
+    ``batched``: axis 0 is a batch axis kept apart (group/instance norm);
+    otherwise ``N = 1`` and every axis but ``axis`` is reduced (batch norm).
+    """
+    ndim = len(shape)
+    if batched:
+        n = shape[0]
+        p = math.prod(shape[1:axis])
+    else:
+        n = 1
+        p = math.prod(shape[:axis])
+    kshape = (n, p, shape[axis], math.prod(shape[axis + 1 :]))
+    return View(tuple(shape), tuple(range(ndim)), kshape)
+
+
+def require_nonempty_reduction(count, what):
+    """Reductions over no elements are an error, not a silent NaN."""
+    if count == 0:
+        raise ValueError(f"cannot normalize over an empty set of elements ({what})")

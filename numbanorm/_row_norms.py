@@ -1,0 +1,208 @@
+"""Layer norm and RMS norm: statistics per row of the normalized axes."""
+
+import numpy as np
+
+from . import _engine as engine
+from ._layout import (
+    as_array,
+    check_eps,
+    check_like,
+    check_out,
+    check_param,
+    check_stats,
+    compute_dtype,
+    normalize_axes,
+    param_grad_dtype,
+    require_nonempty_reduction,
+    result_dtype,
+    row_view,
+)
+from ._types import NormStats
+
+
+def _prepare(x, axis, weight, bias):
+    x = as_array(x, "x")
+    result = result_dtype(x, "x")
+    axes = normalize_axes(axis, x.ndim)
+    pshape = tuple(x.shape[a] for a in axes)
+    w = check_param(weight, pshape, "weight")
+    b = check_param(bias, pshape, "bias")
+    view, stat_shape = row_view(x.shape, axes)
+    require_nonempty_reduction(view.kshape[1], f"axis={axis!r} of shape {x.shape}")
+    return x, result, compute_dtype(result), pshape, w, b, view, stat_shape
+
+
+def _forward(x, weight, bias, axis, eps, out, center):
+    x, result, dtype, _, w, b, view, stat_shape = _prepare(x, axis, weight, bias)
+    eps = check_eps(eps)
+    out = check_out(out, x.shape, result, {"x": x, "weight": weight, "bias": bias})
+    xk = view.to_kernel(x, dtype)
+    yk, finish = view.output(dtype, result, out)
+    mean, rstd = engine.row_forward(xk, w, b, eps, center, yk)
+    saved = NormStats(
+        mean.reshape(stat_shape) if center else None,
+        rstd.reshape(stat_shape),
+        True,
+        bias is not None,
+    )
+    return finish(), saved
+
+
+def _backward(dy, x, saved, weight, axis, center, has_bias):
+    x, result, dtype, pshape, w, _, view, stat_shape = _prepare(x, axis, weight, None)
+    dy = check_like(dy, x.shape, result, "dy")
+    rstd = check_stats(saved.rstd, stat_shape, "saved.rstd")
+    if center:
+        mean = check_stats(saved.mean, stat_shape, "saved.mean")
+    else:
+        mean = np.zeros_like(rstd)
+    param_grads = weight is not None or has_bias
+    dxk, finish = view.output(dtype, result, None)
+    dw, db = engine.row_backward(
+        view.to_kernel(dy, dtype), view.to_kernel(x, dtype), mean.ravel(), rstd.ravel(),
+        w, center, param_grads, dxk,
+    )
+    grad_dtype = param_grad_dtype(weight) if weight is not None else result
+    dweight = dw.reshape(pshape).astype(grad_dtype) if weight is not None else None
+    dbias = db.reshape(pshape).astype(grad_dtype) if has_bias else None
+    return finish(), dweight, dbias
+
+
+def layer_norm(x, weight=None, bias=None, *, axis=-1, eps=1e-5, out=None):
+    r"""Layer normalization over ``axis``.
+
+    .. math::
+
+        y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \cdot w + b
+
+    with the mean and the biased variance taken over the axes in ``axis``,
+    separately for every index of the other axes. ``axis=(-2, -1)`` is
+    PyTorch's ``normalized_shape`` of the last two dimensions.
+
+    Parameters
+    ----------
+    x : array_like
+        Input. float16 is computed with float32 arithmetic and float64
+        accumulation; integers and bool are promoted to float64.
+    weight, bias : array_like, optional
+        Affine parameters with the shape of ``x`` over ``axis``.
+    axis : int or tuple of int, default -1
+        The normalized axes.
+    eps : float, default 1e-5
+        Added to the variance inside the square root; must be >= 0.
+    out : ndarray, optional
+        Where to write ``y``: shape of ``x``, dtype of the result, no memory
+        shared with the inputs.
+
+    Returns
+    -------
+    y : ndarray
+        The normalized array, dtype of ``x`` (float64 for integer input).
+    saved : NormStats
+        ``mean`` and ``rstd = 1/sqrt(var + eps)`` (float64), shaped like ``x``
+        without ``axis``; pass it to :func:`layer_norm_backward`.
+    """
+    return _forward(x, weight, bias, axis, eps, out, center=True)
+
+
+def layer_norm_backward(dy, x, saved, weight=None, *, axis=-1):
+    r"""Gradients of :func:`layer_norm`.
+
+    With :math:`\hat x = (x - \mu)\,r`, :math:`r` = ``saved.rstd``,
+    :math:`g = dy \cdot w` and :math:`\langle\cdot\rangle` the mean over ``axis``:
+
+    .. math::
+
+        dx = r\,(g - \langle g \rangle - \hat x \langle g \hat x \rangle),\quad
+        dw = \sum dy\,\hat x,\quad db = \sum dy
+
+    the parameter sums running over every index outside ``axis``.
+
+    Parameters
+    ----------
+    dy : array_like
+        Gradient of the loss with respect to ``y``; shape and dtype of ``y``.
+    x : array_like
+        The forward pass's input.
+    saved : NormStats
+        The forward pass's ``saved``.
+    weight : array_like, optional
+        The forward pass's weight.
+    axis : int or tuple of int, default -1
+        The forward pass's ``axis``.
+
+    Returns
+    -------
+    dx : ndarray
+        Gradient with respect to ``x``.
+    dweight : ndarray or None
+        Gradient with respect to ``weight`` (None when ``weight`` is None).
+    dbias : ndarray or None
+        Gradient with respect to ``bias`` (None when the forward had no bias).
+    """
+    return _backward(dy, x, saved, weight, axis, center=True, has_bias=bool(saved.has_bias))
+
+
+def rms_norm(x, weight=None, *, axis=-1, eps=1e-6, out=None):
+    r"""RMS normalization over ``axis``.
+
+    .. math::
+
+        y = \frac{x}{\sqrt{\mathrm{E}[x^2] + \epsilon}} \cdot w
+
+    with the mean square over the axes in ``axis`` (no centering), as
+    ``torch.nn.functional.rms_norm``.
+
+    Parameters
+    ----------
+    x : array_like
+        Input (float16 computed in float32; integers/bool promoted to float64).
+    weight : array_like, optional
+        Scale with the shape of ``x`` over ``axis``.
+    axis : int or tuple of int, default -1
+        The normalized axes.
+    eps : float, default 1e-6
+        Added to the mean square inside the square root; must be >= 0.
+    out : ndarray, optional
+        Where to write ``y``.
+
+    Returns
+    -------
+    y : ndarray
+        The normalized array.
+    saved : NormStats
+        ``mean`` is None; ``rstd = 1/sqrt(mean(x**2) + eps)`` (float64).
+    """
+    return _forward(x, weight, None, axis, eps, out, center=False)
+
+
+def rms_norm_backward(dy, x, saved, weight=None, *, axis=-1):
+    r"""Gradients of :func:`rms_norm`.
+
+    With :math:`\hat x = x\,r`, :math:`r` = ``saved.rstd`` and
+    :math:`g = dy \cdot w`:
+    :math:`dx = r\,(g - \hat x \langle g \hat x \rangle)` and
+    :math:`dw = \sum dy\,\hat x`.
+
+    Parameters
+    ----------
+    dy : array_like
+        Gradient with respect to ``y``.
+    x : array_like
+        The forward pass's input.
+    saved : NormStats
+        The forward pass's ``saved``.
+    weight : array_like, optional
+        The forward pass's weight.
+    axis : int or tuple of int, default -1
+        The forward pass's ``axis``.
+
+    Returns
+    -------
+    dx : ndarray
+        Gradient with respect to ``x``.
+    dweight : ndarray or None
+        Gradient with respect to ``weight`` (None when ``weight`` is None).
+    """
+    dx, dweight, _ = _backward(dy, x, saved, weight, axis, center=False, has_bias=False)
+    return dx, dweight
