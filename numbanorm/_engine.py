@@ -47,8 +47,8 @@ def _group_total(per_channel, groups):
 def row_forward(xk, weight, bias, eps, center, yk):
     """Layer norm (``center``) or RMS norm of each row of ``xk`` into ``yk``."""
     rows, length = xk.shape
-    w = weight if weight is not None else np.ones(length)
-    b = bias if bias is not None else np.zeros(length)
+    w = weight.reshape(-1) if weight is not None else np.ones(length)
+    b = bias.reshape(-1) if bias is not None else np.zeros(length)
     mean = np.empty(rows)
     rstd = np.empty(rows)
     backend.row_forward(xk, readonly(w), readonly(b), eps, center, yk, mean, rstd)
@@ -58,11 +58,12 @@ def row_forward(xk, weight, bias, eps, center, yk):
 def row_backward(dyk, xk, mean, rstd, weight, center, param_grads, dxk):
     """dx into ``dxk``; returns float64 ``(dweight, dbias)`` sums (or Nones)."""
     rows, length = xk.shape
-    w = weight if weight is not None else np.ones(length)
+    w = weight.reshape(-1) if weight is not None else np.ones(length)
     rows_per_block = max(1, -(-rows // ROW_BLOCKS))
-    nblocks = -(-rows // rows_per_block) if param_grads else 0
-    dw_part = np.empty((nblocks, length))
-    db_part = np.empty((nblocks, length))
+    nblocks = -(-rows // rows_per_block)
+    part_shape = (nblocks, length if param_grads else 0)
+    dw_part = np.empty(part_shape)
+    db_part = np.empty(part_shape)
     backend.row_backward(
         dyk, xk, readonly(mean), readonly(rstd), readonly(w), center, param_grads,
         rows_per_block, dxk, dw_part, db_part,
@@ -97,12 +98,26 @@ def group_sums(xk, groups, center):
     return shift, s1, s2, p * q * cg
 
 
+#: Statistics of non-finite data are NaN/Inf by design (they stay in their
+#: row, channel or group), so NumPy's floating-point warnings are silenced here.
+def quiet_fp():
+    """A context silencing NumPy's invalid/divide/overflow warnings."""
+    return np.errstate(invalid="ignore", divide="ignore", over="ignore")
+
+
+def rstd_of(var, eps):
+    """``1 / sqrt(var + eps)``, without warnings for zero or non-finite input."""
+    with quiet_fp():
+        return 1.0 / np.sqrt(var + eps)
+
+
 def group_moments(xk, groups):
     """Mean and biased variance per ``(n, group)``, float64, shape ``(N, G)``."""
     shift, s1, s2, count = group_sums(xk, groups, center=True)
-    m = s1 / count
-    var = np.maximum(s2 / count - m * m, 0.0)  # NaN stays NaN
-    return shift + m, var
+    with quiet_fp():
+        m = s1 / count
+        var = np.maximum(s2 / count - m * m, 0.0)  # NaN stays NaN
+        return shift + m, var
 
 
 def group_apply(xk, mean, rstd, weight, bias, yk):
@@ -112,7 +127,8 @@ def group_apply(xk, mean, rstd, weight, bias, yk):
     cg = c // mean.shape[1]
     scale = _per_channel(rstd, cg)
     if weight is not None:
-        scale = scale * weight
+        with quiet_fp():
+            scale = scale * weight
     shift = np.broadcast_to(bias if bias is not None else 0.0, (n, c))
     chunk, _ = _p_chunk(xk.shape)
     backend.channel_affine(
@@ -138,7 +154,8 @@ def group_backward(dyk, xk, mean, rstd, weight, batch_stats, param_grads, dxk):
     mean_c = readonly(_per_channel(mean, cg))
     rstd_c = _per_channel(rstd, cg)
     w = weight if weight is not None else np.ones(c)
-    alpha = rstd_c * w
+    with quiet_fp():
+        alpha = rstd_c * w
     beta = np.zeros((n, c))
     gamma = np.zeros((n, c))
     dweight = dbias = None
@@ -149,12 +166,14 @@ def group_backward(dyk, xk, mean, rstd, weight, batch_stats, param_grads, dxk):
         sum_dy = a_part.sum(axis=1)  # sum(dy) per (n, c)
         sum_dy_xc = b_part.sum(axis=1)  # sum(dy * (x - mean)) per (n, c)
         if batch_stats:
-            sum_g = _group_total(sum_dy * w, groups)
-            sum_g_xc = _group_total(sum_dy_xc * w, groups)
-            beta = _per_channel(-(rstd**3) * sum_g_xc / count, cg)
-            gamma = _per_channel(-rstd * sum_g / count, cg)
+            with quiet_fp():
+                sum_g = _group_total(sum_dy * w, groups)
+                sum_g_xc = _group_total(sum_dy_xc * w, groups)
+                beta = _per_channel(-(rstd**3) * sum_g_xc / count, cg)
+                gamma = _per_channel(-rstd * sum_g / count, cg)
         if param_grads:
-            dweight = (sum_dy_xc * rstd_c).sum(axis=0)
+            with quiet_fp():
+                dweight = (sum_dy_xc * rstd_c).sum(axis=0)
             dbias = sum_dy.sum(axis=0)
     backend.channel_backward_apply(
         dyk, xk, mean_c, readonly(alpha), readonly(beta), readonly(gamma), chunk, dxk

@@ -157,7 +157,7 @@ def batch_norm(
     else:
         mean = running_mean.astype(np.float64)
         var = running_var.astype(np.float64)
-    rstd = 1.0 / np.sqrt(var + eps)
+    rstd = engine.rstd_of(var, eps)
     yk, finish = view.output(dtype, result, out)
     engine.group_apply(xk, mean[None], rstd[None], w, b, yk)
     if training and running_mean is not None:
@@ -237,7 +237,7 @@ def _grouped_forward(x, groups, weight, bias, axis, eps, out, per_channel):
     out = check_out(out, x.shape, result, {"x": x, "weight": weight, "bias": bias})
     xk = view.to_kernel(x, dtype)
     mean, var = engine.group_moments(xk, groups)
-    rstd = 1.0 / np.sqrt(var + eps)
+    rstd = engine.rstd_of(var, eps)
     yk, finish = view.output(dtype, result, out)
     engine.group_apply(xk, mean, rstd, w, b, yk)
     return finish(), NormStats(mean, rstd, True, bias is not None)

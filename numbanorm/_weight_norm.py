@@ -20,11 +20,12 @@ def _prepare(v, g, axis):
     v = as_array(v, "v")
     result = result_dtype(v, "v")
     if axis is None:
-        slices, kept_axes = 1, ()
+        slices, kept_axes, stat_shape = 1, (), ()
         g_shapes = ((), (1,) * v.ndim)
     else:
         axis = normalize_axis(axis, v.ndim)
         slices, kept_axes = v.shape[axis], (axis,)
+        stat_shape = (slices,)
         keepdims = tuple(v.shape[axis] if i == axis else 1 for i in range(v.ndim))
         g_shapes = ((slices,), keepdims)
     g = as_array(g, "g")
@@ -35,7 +36,7 @@ def _prepare(v, g, axis):
     view, _ = row_view(v.shape, reduced)
     rows, length = view.kshape
     view = view._replace(kshape=(rows, 1, 1, length))
-    return v, result, compute_dtype(result), g, view, slices
+    return v, result, compute_dtype(result), g, view, stat_shape
 
 
 def weight_norm(v, g, *, axis=0):
@@ -68,13 +69,15 @@ def weight_norm(v, g, *, axis=0):
         ``mean`` is None; ``rstd = 1/||v||`` per slice (float64, shape
         ``(v.shape[axis],)``).
     """
-    v, result, dtype, g, view, slices = _prepare(v, g, axis)
+    v, result, dtype, g, view, stat_shape = _prepare(v, g, axis)
     vk = view.to_kernel(v, dtype)
     _, _, sumsq, _ = engine.group_sums(vk, 1, center=False)
-    rstd = 1.0 / np.sqrt(sumsq[:, 0])
+    rstd = engine.rstd_of(sumsq[:, 0], 0.0)
     wk, finish = view.output(dtype, result, None)
-    engine.scale_rows(vk, g.astype(np.float64).ravel() * rstd, wk)
-    return finish(), NormStats(None, rstd.reshape(slices), True, False)
+    with engine.quiet_fp():
+        scale = g.astype(np.float64).ravel() * rstd
+    engine.scale_rows(vk, scale, wk)
+    return finish(), NormStats(None, rstd.reshape(stat_shape), True, False)
 
 
 def weight_norm_backward(dw, v, g, saved, *, axis=0):
@@ -106,14 +109,16 @@ def weight_norm_backward(dw, v, g, saved, *, axis=0):
     dg : ndarray
         Gradient with respect to ``g``, shape and dtype of ``g``.
     """
-    v, result, dtype, g, view, slices = _prepare(v, g, axis)
+    v, result, dtype, g, view, stat_shape = _prepare(v, g, axis)
     dw = check_like(dw, v.shape, result, "dw", like="v")
-    rstd = check_stats(saved.rstd, (slices,) if axis is not None else (), "saved.rstd").ravel()
+    rstd = check_stats(saved.rstd, stat_shape, "saved.rstd").ravel()
     vk = view.to_kernel(v, dtype)
     dwk = view.to_kernel(dw, dtype)
     t = engine.row_dots(dwk, vk)
     gv = g.astype(np.float64).ravel()
     dvk, finish = view.output(dtype, result, None)
-    engine.combine_rows(dwk, vk, gv * rstd, -gv * t * rstd**3, dvk)
-    dg = (t * rstd).reshape(g.shape).astype(param_grad_dtype(g))
+    with engine.quiet_fp():
+        alpha, beta, dg = gv * rstd, -gv * t * rstd**3, t * rstd
+    engine.combine_rows(dwk, vk, alpha, beta, dvk)
+    dg = dg.reshape(g.shape).astype(param_grad_dtype(g))
     return finish(), dg

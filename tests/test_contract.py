@@ -1,0 +1,182 @@
+"""The array contract: determinism, immutability, strides, NaN confinement, accuracy."""
+
+import numba
+import numpy as np
+import pytest
+
+import numbanorm as nn
+import reference as ref
+from helpers import assert_close, normal
+
+# Shapes large enough to split into many tasks and partial-sum blocks.
+CASES = {
+    "layer": lambda x, w, b: nn.layer_norm(x, w[: x.shape[-1]], b[: x.shape[-1]]),
+    "rms": lambda x, w, b: nn.rms_norm(x, w[: x.shape[-1]]),
+    "batch_nchw": lambda x, w, b: nn.batch_norm(x, w[: x.shape[1]], b[: x.shape[1]]),
+    "batch_nhwc": lambda x, w, b: nn.batch_norm(x, w[: x.shape[-1]], b[: x.shape[-1]], axis=-1),
+    "group_nchw": lambda x, w, b: nn.group_norm(x, 2, w[: x.shape[1]], b[: x.shape[1]]),
+    "group_nhwc": lambda x, w, b: nn.group_norm(x, 2, w[: x.shape[-1]], b[: x.shape[-1]], axis=-1),
+    "instance": lambda x, w, b: nn.instance_norm(x, w[: x.shape[1]], b[: x.shape[1]]),
+}
+BACKWARD = {
+    "layer": lambda dy, x, s, w: nn.layer_norm_backward(dy, x, s, w[: x.shape[-1]]),
+    "rms": lambda dy, x, s, w: nn.rms_norm_backward(dy, x, s, w[: x.shape[-1]]),
+    "batch_nchw": lambda dy, x, s, w: nn.batch_norm_backward(dy, x, s, w[: x.shape[1]]),
+    "batch_nhwc": lambda dy, x, s, w: nn.batch_norm_backward(dy, x, s, w[: x.shape[-1]], axis=-1),
+    "group_nchw": lambda dy, x, s, w: nn.group_norm_backward(dy, x, s, w[: x.shape[1]]),
+    "group_nhwc": lambda dy, x, s, w: nn.group_norm_backward(dy, x, s, w[: x.shape[-1]], axis=-1),
+    "instance": lambda dy, x, s, w: nn.instance_norm_backward(dy, x, s, w[: x.shape[1]]),
+}
+SHAPE = (9, 16, 37, 40)
+
+
+def _run(name, x, dy, w, b):
+    y, saved = CASES[name](x, w, b)
+    return (y, *[s for s in saved[:2] if s is not None], *BACKWARD[name](dy, x, saved, w))
+
+
+@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_results_are_bitwise_identical_for_any_thread_count(name, dtype, rng):
+    x = normal(rng, SHAPE, dtype, loc=5.0)
+    dy = normal(rng, SHAPE, dtype)
+    w, b = normal(rng, (64,)), normal(rng, (64,))
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = _run(name, x, dy, w, b)
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+        many = _run(name, x, dy, w, b)
+        again = _run(name, x, dy, w, b)
+    finally:
+        numba.set_num_threads(before)
+    for a, b_, c in zip(one, many, again):
+        assert a.tobytes() == b_.tobytes() == c.tobytes()
+
+
+def test_weight_norm_is_thread_count_invariant(rng):
+    v, dw, g = normal(rng, (300, 7, 9)), normal(rng, (300, 7, 9)), normal(rng, (300,))
+    numba.set_num_threads(1)
+    w1, s1 = nn.weight_norm(v, g)
+    d1 = nn.weight_norm_backward(dw, v, g, s1)
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    w2, s2 = nn.weight_norm(v, g)
+    d2 = nn.weight_norm_backward(dw, v, g, s2)
+    assert w1.tobytes() == w2.tobytes()
+    assert d1[0].tobytes() == d2[0].tobytes() and d1[1].tobytes() == d2[1].tobytes()
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_inputs_are_never_modified_and_read_only_inputs_work(name, rng):
+    x = normal(rng, (4, 8, 5, 6), np.float32)
+    dy = normal(rng, x.shape, np.float32)
+    w, b = normal(rng, (8,)), normal(rng, (8,))
+    copies = [a.copy() for a in (x, dy, w, b)]
+    expected = _run(name, x, dy, w, b)
+    for a in (x, dy, w, b):
+        a.flags.writeable = False
+    got = _run(name, x, dy, w, b)
+    for a, c in zip((x, dy, w, b), copies):
+        np.testing.assert_array_equal(a, c)
+    for e, g in zip(expected, got):
+        np.testing.assert_array_equal(e, g)
+
+
+@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize(
+    "make_view",
+    [
+        lambda a: a[:, :, ::2, :],
+        lambda a: a[::-1, :, :, ::-1],
+        lambda a: np.asfortranarray(a),
+        lambda a: a.transpose(0, 1, 3, 2),
+    ],
+    ids=["step", "reversed", "fortran", "transposed"],
+)
+def test_strided_input_equals_contiguous_input(name, make_view, rng):
+    base = normal(rng, (4, 8, 10, 6), np.float64, loc=1.0)
+    dbase = normal(rng, base.shape)
+    w, b = normal(rng, (10,)), normal(rng, (10,))
+    x, dy = make_view(base), make_view(dbase)
+    assert not (x.flags.c_contiguous and x.base is None)
+    got = _run(name, x, dy, w, b)
+    expected = _run(name, np.ascontiguousarray(x), np.ascontiguousarray(dy), w, b)
+    for g, e in zip(got, expected):
+        np.testing.assert_array_equal(g, e)
+
+
+def test_layer_norm_over_leading_axes_of_a_strided_array(rng):
+    x = normal(rng, (6, 5, 8))[:, ::2, ::-1]
+    y, _ = nn.layer_norm(x, axis=(0, 2))
+    assert_close(y, ref.layer_norm(x, axis=(0, 2)), 1e-12)
+
+
+def _nan_where(a, index):
+    a = a.copy()
+    a[index] = np.nan
+    return a
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_values_stay_in_their_row_channel_or_group(bad, rng):
+    x = normal(rng, (4, 8, 5, 6))
+    dy = normal(rng, x.shape)
+    w, b = normal(rng, (8,)), normal(rng, (8,))
+    xb = x.copy()
+    xb[2, 3, 1, 4] = bad
+    # layer norm over the last axis: only row (2, 3, 1) is affected
+    y, s = nn.layer_norm(xb, w[:6], b[:6])
+    y0, _ = nn.layer_norm(x, w[:6], b[:6])
+    dx = nn.layer_norm_backward(dy, xb, s, w[:6])[0]
+    dx0 = nn.layer_norm_backward(dy, x, nn.layer_norm(x, w[:6], b[:6])[1], w[:6])[0]
+    mask = np.zeros(x.shape, bool)
+    mask[2, 3, 1] = True
+    assert np.isnan(y[mask]).any()
+    np.testing.assert_array_equal(y[~mask], y0[~mask])
+    np.testing.assert_array_equal(dx[~mask], dx0[~mask])
+    # batch norm: only channel 3
+    for axis, index in [(1, (slice(None), 3)), (-1, (..., 4))]:
+        y, s = nn.batch_norm(xb, axis=axis)
+        y0, s0 = nn.batch_norm(x, axis=axis)
+        dx = nn.batch_norm_backward(dy, xb, s, axis=axis)[0]
+        dx0 = nn.batch_norm_backward(dy, x, s0, axis=axis)[0]
+        mask = np.zeros(x.shape, bool)
+        mask[index] = True
+        assert np.isnan(y[mask]).any()
+        np.testing.assert_array_equal(y[~mask], y0[~mask])
+        np.testing.assert_array_equal(dx[~mask], dx0[~mask])
+    # group norm, 4 groups of 2 channels: only (sample 2, group 1)
+    y, s = nn.group_norm(xb, 4)
+    y0, s0 = nn.group_norm(x, 4)
+    dx = nn.group_norm_backward(dy, xb, s)[0]
+    dx0 = nn.group_norm_backward(dy, x, s0)[0]
+    mask = np.zeros(x.shape, bool)
+    mask[2, 2:4] = True
+    assert np.isnan(y[mask]).any()
+    np.testing.assert_array_equal(y[~mask], y0[~mask])
+    np.testing.assert_array_equal(dx[~mask], dx0[~mask])
+
+
+@pytest.mark.parametrize("offset", [1e2, 1e4, 1e6])
+def test_float32_statistics_are_accurate_at_large_offsets(offset, rng):
+    """DESIGN: float32 N(offset, 1) normalizes to within 2e-6 of float64."""
+    x = (offset + rng.standard_normal((64, 1024))).astype(np.float32)
+    x4 = (offset + rng.standard_normal((8, 16, 32, 32))).astype(np.float32)
+    checks = [
+        (nn.layer_norm(x)[0], ref.layer_norm(x)),
+        (nn.batch_norm(x4)[0], ref.batch_norm(x4)[0]),
+        (nn.batch_norm(np.moveaxis(x4, 1, -1).copy(), axis=-1)[0],
+         ref.batch_norm(np.moveaxis(x4, 1, -1), axis=-1)[0]),
+        (nn.group_norm(x4, 4)[0], ref.group_norm(x4, 4)),
+        (nn.instance_norm(x4)[0], ref.instance_norm(x4)),
+    ]
+    for got, expected in checks:
+        assert np.abs(got - expected).max() <= 2e-6
+
+
+def test_empty_batch_gives_empty_output(rng):
+    x = np.zeros((0, 5), np.float32)
+    y, s = nn.layer_norm(x)
+    assert y.shape == (0, 5) and s.mean.shape == (0,)
+    y, s = nn.group_norm(np.zeros((0, 4, 3)), 2)
+    assert y.shape == (0, 4, 3) and s.mean.shape == (0, 2)
