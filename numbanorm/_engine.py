@@ -8,6 +8,10 @@ canonical views (see :mod:`numbanorm._layout`) and float64 statistics.
 Grouped statistics over an ``(N, P, C, Q)`` view with ``G`` groups of
 ``C // G`` consecutive channels cover batch norm (``N = 1, G = C``), group norm
 and instance norm (``G = C``).
+
+Elementwise kernels take their coefficients in the data's dtype; a float64
+mean is passed as ``hi + lo`` of that dtype (:func:`split`) so the kernels can
+form ``x - mean`` accurately at float32 speed.
 """
 
 import numpy as np
@@ -21,6 +25,29 @@ CHUNK_ELEMENTS = 1 << 16
 #: Row-kernel backward splits rows into at most this many blocks of partial
 #: parameter-gradient sums.
 ROW_BLOCKS = 64
+
+
+def quiet_fp():
+    """A context silencing NumPy's invalid/divide/overflow warnings.
+
+    Statistics of non-finite data are NaN/Inf by design (they stay in their
+    row, channel or group), so the host-side arithmetic on them must not warn.
+    """
+    return np.errstate(invalid="ignore", divide="ignore", over="ignore")
+
+
+def rstd_of(var, eps):
+    """``1 / sqrt(var + eps)``, without warnings for zero or non-finite input."""
+    with quiet_fp():
+        return 1.0 / np.sqrt(var + eps)
+
+
+def split(mean, dtype):
+    """``mean`` (float64) as read-only ``(hi, lo)`` arrays of ``dtype``, ``hi + lo ~= mean``."""
+    with quiet_fp():
+        hi = mean.astype(dtype)
+        lo = (mean - hi).astype(dtype)
+    return readonly(hi, dtype), readonly(lo, dtype)
 
 
 def _p_chunk(kshape):
@@ -47,11 +74,14 @@ def _group_total(per_channel, groups):
 def row_forward(xk, weight, bias, eps, center, yk):
     """Layer norm (``center``) or RMS norm of each row of ``xk`` into ``yk``."""
     rows, length = xk.shape
+    dtype = xk.dtype
     w = weight.reshape(-1) if weight is not None else np.ones(length)
     b = bias.reshape(-1) if bias is not None else np.zeros(length)
     mean = np.empty(rows)
     rstd = np.empty(rows)
-    backend.row_forward(xk, readonly(w), readonly(b), eps, center, yk, mean, rstd)
+    backend.row_forward.for_size(xk.size)(
+        xk, readonly(w, dtype), readonly(b, dtype), eps, center, yk, mean, rstd
+    )
     return mean, rstd
 
 
@@ -64,8 +94,8 @@ def row_backward(dyk, xk, mean, rstd, weight, center, param_grads, dxk):
     part_shape = (nblocks, length if param_grads else 0)
     dw_part = np.empty(part_shape)
     db_part = np.empty(part_shape)
-    backend.row_backward(
-        dyk, xk, readonly(mean), readonly(rstd), readonly(w), center, param_grads,
+    backend.row_backward.for_size(xk.size)(
+        dyk, xk, readonly(mean), readonly(rstd), readonly(w, xk.dtype), center, param_grads,
         rows_per_block, dxk, dw_part, db_part,
     )
     if not param_grads:
@@ -92,23 +122,12 @@ def group_sums(xk, groups, center):
         shift = np.zeros((n, groups))
     s1_part = np.empty((n, nchunks, c))
     s2_part = np.empty((n, nchunks, c))
-    backend.channel_moments(xk, readonly(_per_channel(shift, cg)), chunk, s1_part, s2_part)
+    backend.channel_moments.for_size(xk.size)(
+        xk, readonly(_per_channel(shift, cg)), chunk, s1_part, s2_part
+    )
     s1 = _group_total(s1_part.sum(axis=1), groups)
     s2 = _group_total(s2_part.sum(axis=1), groups)
     return shift, s1, s2, p * q * cg
-
-
-#: Statistics of non-finite data are NaN/Inf by design (they stay in their
-#: row, channel or group), so NumPy's floating-point warnings are silenced here.
-def quiet_fp():
-    """A context silencing NumPy's invalid/divide/overflow warnings."""
-    return np.errstate(invalid="ignore", divide="ignore", over="ignore")
-
-
-def rstd_of(var, eps):
-    """``1 / sqrt(var + eps)``, without warnings for zero or non-finite input."""
-    with quiet_fp():
-        return 1.0 / np.sqrt(var + eps)
 
 
 def group_moments(xk, groups):
@@ -125,14 +144,14 @@ def group_apply(xk, mean, rstd, weight, bias, yk):
     ``(n, group)``."""
     n, _, c, _ = xk.shape
     cg = c // mean.shape[1]
-    scale = _per_channel(rstd, cg)
-    if weight is not None:
-        with quiet_fp():
-            scale = scale * weight
+    dtype = xk.dtype
+    with quiet_fp():
+        scale = _per_channel(rstd, cg) * (weight if weight is not None else 1.0)
     shift = np.broadcast_to(bias if bias is not None else 0.0, (n, c))
+    hi, lo = split(_per_channel(mean, cg), dtype)
     chunk, _ = _p_chunk(xk.shape)
-    backend.channel_affine(
-        xk, readonly(_per_channel(mean, cg)), readonly(scale), readonly(shift), chunk, yk
+    backend.channel_affine.for_size(xk.size)(
+        xk, hi, lo, readonly(scale, dtype), readonly(shift, dtype), chunk, yk
     )
 
 
@@ -150,42 +169,50 @@ def group_backward(dyk, xk, mean, rstd, weight, batch_stats, param_grads, dxk):
     groups = mean.shape[1]
     cg = c // groups
     count = p * q * cg
+    dtype = xk.dtype
+    size = xk.size
     chunk, nchunks = _p_chunk(xk.shape)
-    mean_c = readonly(_per_channel(mean, cg))
+    mean_c = _per_channel(mean, cg)
     rstd_c = _per_channel(rstd, cg)
     w = weight if weight is not None else np.ones(c)
-    with quiet_fp():
-        alpha = rstd_c * w
     beta = np.zeros((n, c))
     gamma = np.zeros((n, c))
     dweight = dbias = None
-    if batch_stats or param_grads:
-        a_part = np.empty((n, nchunks, c))
-        b_part = np.empty((n, nchunks, c))
-        backend.channel_grad_sums(dyk, xk, mean_c, chunk, a_part, b_part)
-        sum_dy = a_part.sum(axis=1)  # sum(dy) per (n, c)
-        sum_dy_xc = b_part.sum(axis=1)  # sum(dy * (x - mean)) per (n, c)
-        if batch_stats:
-            with quiet_fp():
+    with quiet_fp():
+        alpha = rstd_c * w
+        if batch_stats or param_grads:
+            a_part = np.empty((n, nchunks, c))
+            b_part = np.empty((n, nchunks, c))
+            backend.channel_grad_sums.for_size(size)(
+                dyk, xk, readonly(mean_c), chunk, a_part, b_part
+            )
+            sum_dy = a_part.sum(axis=1)  # sum(dy) per (n, c)
+            sum_dy_xc = b_part.sum(axis=1)  # sum(dy * (x - mean)) per (n, c)
+            if batch_stats:
                 sum_g = _group_total(sum_dy * w, groups)
                 sum_g_xc = _group_total(sum_dy_xc * w, groups)
                 beta = _per_channel(-(rstd**3) * sum_g_xc / count, cg)
                 gamma = _per_channel(-rstd * sum_g / count, cg)
-        if param_grads:
-            with quiet_fp():
+            if param_grads:
                 dweight = (sum_dy_xc * rstd_c).sum(axis=0)
-            dbias = sum_dy.sum(axis=0)
-    backend.channel_backward_apply(
-        dyk, xk, mean_c, readonly(alpha), readonly(beta), readonly(gamma), chunk, dxk
+                dbias = sum_dy.sum(axis=0)
+    hi, lo = split(mean_c, dtype)
+    backend.channel_backward_apply.for_size(size)(
+        dyk, xk, hi, lo, readonly(alpha, dtype), readonly(beta, dtype), readonly(gamma, dtype),
+        chunk, dxk,
     )
     return dweight, dbias
 
 
 def scale_rows(xk, scale, yk):
     """``y = x * scale[n]`` over an ``(N, 1, 1, L)`` view."""
-    zeros = readonly(np.zeros((xk.shape[0], 1)))
+    n = xk.shape[0]
+    dtype = xk.dtype
+    zeros = readonly(np.zeros((n, 1)), dtype)
     chunk, _ = _p_chunk(xk.shape)
-    backend.channel_affine(xk, zeros, readonly(scale.reshape(-1, 1)), zeros, chunk, yk)
+    backend.channel_affine.for_size(xk.size)(
+        xk, zeros, zeros, readonly(scale.reshape(-1, 1), dtype), zeros, chunk, yk
+    )
 
 
 def row_dots(ak, bk):
@@ -194,16 +221,19 @@ def row_dots(ak, bk):
     chunk, nchunks = _p_chunk(ak.shape)
     a_part = np.empty((n, nchunks, 1))
     b_part = np.empty((n, nchunks, 1))
-    backend.channel_grad_sums(ak, bk, readonly(np.zeros((n, 1))), chunk, a_part, b_part)
+    backend.channel_grad_sums.for_size(ak.size)(
+        ak, bk, readonly(np.zeros((n, 1))), chunk, a_part, b_part
+    )
     return b_part.sum(axis=1)[:, 0]
 
 
 def combine_rows(ak, bk, alpha, beta, outk):
     """``out = alpha[n] * a + beta[n] * b`` over ``(N, 1, 1, L)`` views."""
     n = ak.shape[0]
-    zeros = readonly(np.zeros((n, 1)))
+    dtype = ak.dtype
+    zeros = readonly(np.zeros((n, 1)), dtype)
     chunk, _ = _p_chunk(ak.shape)
-    backend.channel_backward_apply(
-        ak, bk, zeros, readonly(alpha.reshape(-1, 1)), readonly(beta.reshape(-1, 1)), zeros,
-        chunk, outk,
+    backend.channel_backward_apply.for_size(ak.size)(
+        ak, bk, zeros, zeros, readonly(alpha.reshape(-1, 1), dtype),
+        readonly(beta.reshape(-1, 1), dtype), zeros, chunk, outk,
     )

@@ -3,29 +3,71 @@
 Every kernel is built by :func:`kernel`, so the project's choices are made
 once:
 
-* ``parallel=True``: outer loops are ``prange`` over independent tasks whose
-  number depends on the array shape only, never on the thread count.
+* two builds of each kernel: ``parallel=True`` (outer loops are ``prange``
+  over tasks whose number depends on the array shape only, never on the
+  thread count) and a serial one for small inputs, where starting threads
+  costs more than the work. :func:`Kernel.for_size` picks by size alone, so
+  a given shape always runs the same code and results do not depend on the
+  number of threads.
 * ``cache=True``: compiled code is stored beside the module, so a new process
   does not recompile.
 * ``fastmath={"reassoc", "contract"}``: lets LLVM vectorize the float64
-  accumulations inside one task (a fixed order for a given shape and build,
-  independent of threads). ``nnan``/``ninf`` are deliberately absent: NaN and
-  Inf must propagate to the row, channel or group they belong to.
+  accumulations inside one task (a fixed order for a given shape and build).
+  ``nnan``/``ninf`` are deliberately absent: NaN and Inf must propagate to the
+  row, channel or group they belong to.
 * ``error_model="numpy"``: division by zero gives inf/nan as NumPy does,
   instead of raising inside a kernel.
 """
 
 from numba import njit
+from numba.extending import overload
 
 FASTMATH = frozenset({"reassoc", "contract"})
 
+#: Inputs with fewer elements than this run the serial build of a kernel.
+SERIAL_MAX_ELEMENTS = 1 << 15
 
-def kernel(func):
-    """Compile ``func`` as a parallel, cached numbanorm CPU kernel."""
+
+def _compile(func, parallel):
     return njit(
-        parallel=True,
+        parallel=parallel,
         cache=True,
         fastmath=set(FASTMATH),
         error_model="numpy",
         nogil=True,
     )(func)
+
+
+class Kernel:
+    """A kernel's parallel and serial builds (compiled lazily, cached on disk)."""
+
+    def __init__(self, func):
+        self.__wrapped__ = func
+        self.__doc__ = func.__doc__
+        self.parallel = _compile(func, parallel=True)
+        self.serial = _compile(func, parallel=False)
+
+    def for_size(self, elements):
+        """The build to run for an input of ``elements`` elements."""
+        return self.serial if elements < SERIAL_MAX_ELEMENTS else self.parallel
+
+
+def kernel(func):
+    """Compile ``func`` as a numbanorm CPU kernel (see the module docstring)."""
+    return Kernel(func)
+
+
+def cast_like(arr, value):
+    """``value`` converted to ``arr``'s element type (usable inside kernels)."""
+    return arr.dtype.type(value)
+
+
+@overload(cast_like, inline="always")
+def _cast_like(arr, value):
+    dtype = arr.dtype
+
+    def impl(arr, value):
+        return dtype(value)
+
+    return impl
+

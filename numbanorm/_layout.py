@@ -12,6 +12,7 @@ kernel shapes and hands the back end C-contiguous, read-only arrays:
 Every check runs before any output or running statistic is written.
 """
 
+import functools
 import math
 import numbers
 from typing import NamedTuple
@@ -77,11 +78,21 @@ def normalize_axis(axis, ndim, name="axis"):
 def normalize_axes(axis, ndim, name="axis"):
     """An int or a tuple of ints as a sorted tuple of distinct axes."""
     axes = tuple(axis) if isinstance(axis, (tuple, list)) else (axis,)
+    try:
+        return _normalize_axes(axes, ndim, name)
+    except TypeError as exc:
+        if "unhashable" not in str(exc):
+            raise
+        return _normalize_axes.__wrapped__(axes, ndim, name)
+
+
+@functools.lru_cache(maxsize=256)
+def _normalize_axes(axes, ndim, name):
     if not axes:
-        raise ValueError(f"{name} must name at least one axis, got {axis!r}")
+        raise ValueError(f"{name} must name at least one axis, got {axes!r}")
     out = tuple(normalize_axis(a, ndim, name) for a in axes)
     if len(set(out)) != len(out):
-        raise ValueError(f"{name}={axis!r} repeats an axis")
+        raise ValueError(f"{name}={axes if len(axes) > 1 else axes[0]!r} repeats an axis")
     return tuple(sorted(out))
 
 
@@ -96,14 +107,15 @@ def check_eps(eps, name="eps"):
 
 
 def check_param(p, shape, name):
-    """An affine parameter as a float64 C-contiguous array of ``shape`` (or None)."""
+    """An affine parameter as an array of ``shape`` (or None); converted later,
+    once, to the kernel's dtype."""
     if p is None:
         return None
     p = as_array(p, name)
     result_dtype(p, name)
     if p.shape != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {p.shape}")
-    return np.ascontiguousarray(p, dtype=np.float64)
+    return p
 
 
 def param_grad_dtype(p):
@@ -157,11 +169,17 @@ def check_stats(a, shape, name):
 
 
 class View(NamedTuple):
-    """How ``x`` maps to a kernel array: transpose by ``perm``, reshape to ``kshape``."""
+    """How ``x`` maps to a kernel array: transpose by ``perm``, reshape to ``kshape``.
+
+    Views are cached per shape and axes (:func:`row_view`, :func:`channel_view`),
+    so repeated calls on the same shapes do no layout arithmetic.
+    """
 
     shape: tuple  # shape of x
     perm: tuple  # axes of x in kernel order
     kshape: tuple  # kernel shape
+    inverse: tuple  # perm's inverse
+    identity: bool  # perm is the identity: the kernel array is a reshape of x
 
     def to_kernel(self, a, dtype):
         """``a`` (shaped like x) as a C-contiguous, read-only kernel array.
@@ -170,8 +188,11 @@ class View(NamedTuple):
         Read-only views let one compiled specialization serve writeable and
         read-only inputs alike.
         """
-        k = np.ascontiguousarray(a.transpose(self.perm), dtype=dtype).reshape(self.kshape)
-        k = k.view()
+        if not (self.identity and a.dtype == dtype and a.flags.c_contiguous):
+            a = np.ascontiguousarray(a.transpose(self.perm) if not self.identity else a, dtype)
+        k = a.reshape(self.kshape)
+        if k is a:
+            k = a.view()
         k.flags.writeable = False
         return k
 
@@ -182,31 +203,36 @@ class View(NamedTuple):
         kernel's layout and dtype; otherwise into a new array that is then cast
         and/or copied.
         """
-        moved = tuple(self.shape[i] for i in self.perm)
         if out is not None and out.dtype == dtype:
-            t = out.transpose(self.perm)
+            t = out if self.identity else out.transpose(self.perm)
             if t.flags.c_contiguous:
                 return t.reshape(self.kshape), lambda: out
+        moved = self.kshape if self.identity else tuple(self.shape[i] for i in self.perm)
         buf = np.empty(moved, dtype)
-        inverse = tuple(np.argsort(self.perm))
 
         def finish():
-            y = buf.transpose(inverse)
+            y = buf.reshape(self.shape) if self.identity else buf.transpose(self.inverse)
             if out is not None:
                 np.copyto(out, y, casting="unsafe")
                 return out
-            return y.astype(result, copy=False)
+            return y if result == dtype else y.astype(result)
 
         return buf.reshape(self.kshape), finish
 
 
-def readonly(a):
-    """A read-only C-contiguous float64 view of a small array (statistics, coefficients)."""
-    a = np.ascontiguousarray(a, dtype=np.float64).view()
+def _view(shape, perm, kshape):
+    inverse = tuple(int(i) for i in np.argsort(perm))
+    return View(shape, perm, kshape, inverse, perm == tuple(range(len(shape))))
+
+
+def readonly(a, dtype=np.float64):
+    """A read-only C-contiguous view of a small array (statistics, coefficients)."""
+    a = np.ascontiguousarray(a, dtype=dtype).view()
     a.flags.writeable = False
     return a
 
 
+@functools.lru_cache(maxsize=512)
 def row_view(shape, axes):
     """Row view: the axes not in ``axes`` become rows, ``axes`` the row.
 
@@ -216,9 +242,10 @@ def row_view(shape, axes):
     keep = tuple(i for i in range(len(shape)) if i not in axes)
     stat_shape = tuple(shape[i] for i in keep)
     length = math.prod(shape[i] for i in axes)
-    return View(tuple(shape), keep + tuple(axes), (math.prod(stat_shape), length)), stat_shape
+    return _view(shape, keep + tuple(axes), (math.prod(stat_shape), length)), stat_shape
 
 
+@functools.lru_cache(maxsize=512)
 def channel_view(shape, axis, batched):
     """Channel view ``(N, P, C, Q)`` of an array with channel axis ``axis``.
 
@@ -233,7 +260,7 @@ def channel_view(shape, axis, batched):
         n = 1
         p = math.prod(shape[:axis])
     kshape = (n, p, shape[axis], math.prod(shape[axis + 1 :]))
-    return View(tuple(shape), tuple(range(ndim)), kshape)
+    return _view(shape, tuple(range(ndim)), kshape)
 
 
 def require_nonempty_reduction(count, what):

@@ -5,11 +5,14 @@ Batch norm is ``N = 1`` (statistics per channel over ``P x Q``); group and
 instance norm reduce per ``(n, group)`` by adding the per-channel sums of a
 group; weight norm and :func:`numbanorm.moments` use ``(rows, 1, 1, L)``.
 NCHW data has ``P = 1``; channels-last data has ``Q = 1``, where the loops run
-along ``C`` so they stay contiguous.
+along ``C`` so they stay contiguous and vectorize.
 
 Work is split into tasks ``(n, chunk of P)``; the chunk length is chosen from
 the shape alone. Each task writes its own slot of a partial-sum array, and the
 caller adds the slots in order: results are the same for any thread count.
+Sums are float64. Elementwise passes run in ``x``'s dtype with coefficients of
+that dtype; the mean comes as ``hi + lo`` so that ``(x - hi) - lo`` is the
+accurate difference.
 """
 
 import numpy as np
@@ -53,20 +56,27 @@ def channel_moments(x, shift, p_chunk, s1_part, s2_part):
 
 
 @kernel
-def channel_affine(x, mean, scale, bias, p_chunk, y):
-    """``y = (x - mean[n, c]) * scale[n, c] + bias[n, c]``, in float64."""
+def channel_affine(x, mean_hi, mean_lo, scale, bias, p_chunk, y):
+    """``y = ((x - mean_hi) - mean_lo) * scale + bias``, coefficients per ``(n, c)``."""
     N, P, C, Q = x.shape
     nchunks = (P + p_chunk - 1) // p_chunk
     for t in prange(N * nchunks):
         n = t // nchunks
         k = t - n * nchunks
         for p in range(k * p_chunk, min(P, (k + 1) * p_chunk)):
-            for c in range(C):
-                mu = mean[n, c]
-                a = scale[n, c]
-                b = bias[n, c]
-                for q in range(Q):
-                    y[n, p, c, q] = (np.float64(x[n, p, c, q]) - mu) * a + b
+            if Q == 1:
+                for c in range(C):
+                    y[n, p, c, 0] = (
+                        (x[n, p, c, 0] - mean_hi[n, c]) - mean_lo[n, c]
+                    ) * scale[n, c] + bias[n, c]
+            else:
+                for c in range(C):
+                    hi = mean_hi[n, c]
+                    lo = mean_lo[n, c]
+                    a = scale[n, c]
+                    b = bias[n, c]
+                    for q in range(Q):
+                        y[n, p, c, q] = ((x[n, p, c, q] - hi) - lo) * a + b
 
 
 @kernel
@@ -101,22 +111,27 @@ def channel_grad_sums(dy, x, mean, p_chunk, a_part, b_part):
 
 
 @kernel
-def channel_backward_apply(dy, x, mean, alpha, beta, gamma, p_chunk, dx):
-    """``dx = alpha*dy + beta*(x - mean) + gamma`` with coefficients per ``(n, c)``."""
+def channel_backward_apply(dy, x, mean_hi, mean_lo, alpha, beta, gamma, p_chunk, dx):
+    """``dx = alpha*dy + beta*((x - mean_hi) - mean_lo) + gamma`` per ``(n, c)``."""
     N, P, C, Q = x.shape
     nchunks = (P + p_chunk - 1) // p_chunk
     for t in prange(N * nchunks):
         n = t // nchunks
         k = t - n * nchunks
         for p in range(k * p_chunk, min(P, (k + 1) * p_chunk)):
-            for c in range(C):
-                mu = mean[n, c]
-                al = alpha[n, c]
-                be = beta[n, c]
-                ga = gamma[n, c]
-                for q in range(Q):
-                    dx[n, p, c, q] = (
-                        al * np.float64(dy[n, p, c, q])
-                        + be * (np.float64(x[n, p, c, q]) - mu)
-                        + ga
+            if Q == 1:
+                for c in range(C):
+                    dx[n, p, c, 0] = (
+                        alpha[n, c] * dy[n, p, c, 0]
+                        + beta[n, c] * ((x[n, p, c, 0] - mean_hi[n, c]) - mean_lo[n, c])
+                        + gamma[n, c]
                     )
+            else:
+                for c in range(C):
+                    hi = mean_hi[n, c]
+                    lo = mean_lo[n, c]
+                    al = alpha[n, c]
+                    be = beta[n, c]
+                    ga = gamma[n, c]
+                    for q in range(Q):
+                        dx[n, p, c, q] = al * dy[n, p, c, q] + be * ((x[n, p, c, q] - hi) - lo) + ga

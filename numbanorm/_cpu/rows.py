@@ -1,15 +1,18 @@
 """Row kernels: statistics, forward and backward per row of a ``(rows, L)`` view.
 
 Layer norm (``center=True``) and RMS norm (``center=False``) run here. Each
-row is one task, reduced in float64 with a fixed order. Sums are taken about
-a shift (the row's first element when centering), so ``x - mean`` never
-cancels catastrophically even when the mean is 1e6 times the spread.
+row is one task. Statistics are float64 sums taken about a shift (the row's
+first element when centering), so ``x - mean`` never cancels even when the
+mean is 1e6 times the spread. Elementwise outputs are computed in the input's
+dtype with the mean split into ``hi + lo`` parts of that dtype, so
+``(x - hi) - lo`` keeps float64 accuracy of the difference while the arithmetic
+runs at float32 vector width.
 """
 
 import numpy as np
 from numba import prange
 
-from .._jit import kernel
+from .._jit import cast_like, kernel
 
 
 @kernel
@@ -18,7 +21,8 @@ def row_forward(x, weight, bias, eps, center, y, mean, rstd):
 
     ``y = (x - mean) * rstd * weight + bias`` with ``rstd = 1/sqrt(var + eps)``,
     ``var`` the biased variance (``center=True``) or the mean square
-    (``center=False``, then ``mean`` is written as 0).
+    (``center=False``, then ``mean`` is written as 0). ``weight`` and ``bias``
+    have ``x``'s dtype.
     """
     rows, n = x.shape
     for r in prange(rows):
@@ -41,8 +45,11 @@ def row_forward(x, weight, bias, eps, center, y, mean, rstd):
         rs = 1.0 / np.sqrt(var + eps)
         mean[r] = mu
         rstd[r] = rs
+        hi = cast_like(x, mu)
+        lo = cast_like(x, mu - np.float64(hi))
+        rs_x = cast_like(x, rs)
         for j in range(n):
-            y[r, j] = (np.float64(x[r, j]) - mu) * rs * weight[j] + bias[j]
+            y[r, j] = ((x[r, j] - hi) - lo) * rs_x * weight[j] + bias[j]
 
 
 @kernel
@@ -54,37 +61,40 @@ def row_backward(
     With ``xhat = (x - mean) * rstd`` and ``g = dy * weight``:
     ``dx = rstd * (g - mean(g) - xhat * mean(g * xhat))`` (``mean(g)`` is
     dropped when ``center=False``). When ``param_grads``, block ``k`` of
-    ``rows_per_block`` rows writes its partial sums of ``dy * xhat`` and ``dy``
+    ``rows_per_block`` rows writes its float64 sums of ``dy * xhat`` and ``dy``
     to ``dweight_part[k]`` and ``dbias_part[k]``; the caller adds the blocks in
     order, so the result does not depend on the thread count.
     """
     rows, n = x.shape
-    nblocks = dweight_part.shape[0]
+    nblocks = (rows + rows_per_block - 1) // rows_per_block
     for k in prange(nblocks):
-        dw = np.zeros(n)
-        db = np.zeros(n)
+        width = n if param_grads else 0
+        dw = np.zeros(width)
+        db = np.zeros(width)
         stop = min(rows, (k + 1) * rows_per_block)
         for r in range(k * rows_per_block, stop):
             mu = mean[r]
             rs = rstd[r]
+            hi = cast_like(x, mu)
+            lo = cast_like(x, mu - np.float64(hi))
+            rs_x = cast_like(x, rs)
             sg = 0.0
             sgx = 0.0
             for j in range(n):
-                g = np.float64(dy[r, j])
-                xh = (np.float64(x[r, j]) - mu) * rs
-                gw = g * weight[j]
-                sg += gw
-                sgx += gw * xh
+                g = np.float64(dy[r, j]) * np.float64(weight[j])
+                xh = np.float64((x[r, j] - hi) - lo) * rs
+                sg += g
+                sgx += g * xh
             if param_grads:
                 for j in range(n):
                     g = np.float64(dy[r, j])
-                    dw[j] += g * ((np.float64(x[r, j]) - mu) * rs)
+                    dw[j] += g * (np.float64((x[r, j] - hi) - lo) * rs)
                     db[j] += g
-            cg = sg / n if center else 0.0
-            cgx = sgx / n
+            cg = cast_like(x, sg / n if center else 0.0)
+            cgx = cast_like(x, sgx / n)
             for j in range(n):
-                xh = (np.float64(x[r, j]) - mu) * rs
-                dx[r, j] = rs * (np.float64(dy[r, j]) * weight[j] - cg - xh * cgx)
+                xh = ((x[r, j] - hi) - lo) * rs_x
+                dx[r, j] = rs_x * (dy[r, j] * weight[j] - cg - xh * cgx)
         if param_grads:
             dweight_part[k, :] = dw
             dbias_part[k, :] = db

@@ -1,0 +1,275 @@
+"""Benchmark numbanorm against PyTorch and the streaming floor: ``make bench``.
+
+``python -m numbanorm.bench [--quick] [--only SUBSTR] [--json FILE] [--plot FILE.png]``
+
+For every row of the standard shape set (float32), numbanorm, PyTorch (same
+thread count) and the floor are timed interleaved, in one process, and the
+median of each is reported:
+
+* forward floor: ``np.copyto(y, x)`` (read x, write y);
+* backward floor: ``np.add(x, dy, out=dx)`` (read x and dy, write dx).
+
+``ratio`` is PyTorch's time over numbanorm's (> 1: numbanorm is faster);
+``floor`` is the floor's time over numbanorm's (1.0: at memory bandwidth).
+Both libraries allocate their outputs. ``--device cuda`` benchmarks the GPU
+back end and exits cleanly when no GPU is present.
+"""
+
+import argparse
+import json
+import math
+import sys
+import time
+
+import numpy as np
+
+import numbanorm as nn
+
+LN_SHAPES = [(8, 64), (64, 4096), (4096, 1024), (65536, 128), (8192, 4096)]
+CONV_SHAPES = [(32, 64, 56, 56), (8, 256, 28, 28), (256, 512, 7, 7)]
+WN_SHAPES = [(4096, 4096), (256, 128, 3, 3)]
+GROUPS = 32
+
+
+def _rows():
+    """(norm, layout, shape) for the standard set."""
+    rows = [("layer", "rows", s) for s in LN_SHAPES]
+    rows += [("rms", "rows", s) for s in LN_SHAPES]
+    for norm in ("batch", "group", "instance"):
+        for layout in ("nchw", "nhwc"):
+            rows += [(norm, layout, s) for s in CONV_SHAPES]
+    rows += [("weight", "rows", s) for s in WN_SHAPES]
+    return rows
+
+
+class Case:
+    """Data and the three timed callables of one benchmark row and direction."""
+
+    def __init__(self, norm, layout, shape, torch, rng):
+        self.norm, self.layout, self.shape = norm, layout, shape
+        x = rng.standard_normal(shape, dtype=np.float32)
+        dy = rng.standard_normal(shape, dtype=np.float32)
+        if layout == "nhwc":  # same logical NCHW tensor, channels-last memory
+            x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+            dy = np.ascontiguousarray(dy.transpose(0, 2, 3, 1))
+        self.x, self.dy = x, dy
+        self.y_floor = np.empty_like(x)
+        self.bytes_fwd = 2 * x.nbytes
+        self.bytes_bwd = 3 * x.nbytes
+        c = shape[1] if norm in ("batch", "group", "instance") else shape[-1]
+        self.axis = -1 if layout == "nhwc" else 1
+        self.w = (1.0 + 0.1 * rng.standard_normal(c if norm != "weight" else shape[0])).astype(np.float32)
+        self.b = (0.1 * rng.standard_normal(c)).astype(np.float32)
+        self._ours()
+        if torch is not None:
+            self._theirs(torch)
+        else:
+            self.torch_fwd = self.torch_bwd = None
+
+    # ----------------------------------------------------------- numbanorm
+    def _ours(self):
+        x, dy, w, b, ax = self.x, self.dy, self.w, self.b, self.axis
+        norm = self.norm
+        if norm == "layer":
+            fwd = lambda: nn.layer_norm(x, w, b)  # noqa: E731
+            bwd = lambda s: nn.layer_norm_backward(dy, x, s, w)  # noqa: E731
+        elif norm == "rms":
+            fwd = lambda: nn.rms_norm(x, w)  # noqa: E731
+            bwd = lambda s: nn.rms_norm_backward(dy, x, s, w)  # noqa: E731
+        elif norm == "batch":
+            rm, rv = np.zeros(len(w), np.float32), np.ones(len(w), np.float32)
+            fwd = lambda: nn.batch_norm(x, w, b, axis=ax, running_mean=rm, running_var=rv)  # noqa: E731
+            bwd = lambda s: nn.batch_norm_backward(dy, x, s, w, axis=ax)  # noqa: E731
+        elif norm == "group":
+            fwd = lambda: nn.group_norm(x, GROUPS, w, b, axis=ax)  # noqa: E731
+            bwd = lambda s: nn.group_norm_backward(dy, x, s, w, axis=ax)  # noqa: E731
+        elif norm == "instance":
+            fwd = lambda: nn.instance_norm(x, w, b, axis=ax)  # noqa: E731
+            bwd = lambda s: nn.instance_norm_backward(dy, x, s, w, axis=ax)  # noqa: E731
+        else:
+            fwd = lambda: nn.weight_norm(x, w, axis=0)  # noqa: E731
+            bwd = lambda s: nn.weight_norm_backward(dy, x, w, s, axis=0)  # noqa: E731
+        saved = fwd()[1]
+        self.ours_fwd = fwd
+        self.ours_bwd = lambda: bwd(saved)
+
+    # ------------------------------------------------------------- PyTorch
+    def _theirs(self, torch):
+        F = torch.nn.functional
+        x = torch.from_numpy(self.x)
+        dy = torch.from_numpy(self.dy)
+        if self.layout == "nhwc":  # a channels_last NCHW view of the same memory
+            x, dy = x.permute(0, 3, 1, 2), dy.permute(0, 3, 1, 2)
+        w, b = torch.from_numpy(self.w), torch.from_numpy(self.b)
+        norm, shape = self.norm, self.x.shape
+        if norm == "layer":
+            f = lambda x, w, b: F.layer_norm(x, shape[-1:], w, b)  # noqa: E731
+        elif norm == "rms":
+            f = lambda x, w, b: F.rms_norm(x, shape[-1:], w, eps=1e-6)  # noqa: E731
+        elif norm == "batch":
+            rm, rv = torch.zeros(len(self.w)), torch.ones(len(self.w))
+            f = lambda x, w, b: F.batch_norm(x, rm, rv, w, b, training=True)  # noqa: E731
+        elif norm == "group":
+            f = lambda x, w, b: F.group_norm(x, GROUPS, w, b)  # noqa: E731
+        elif norm == "instance":
+            f = lambda x, w, b: F.instance_norm(x, weight=w, bias=b)  # noqa: E731
+        else:
+            g = w.reshape((-1,) + (1,) * (x.ndim - 1))
+            f = lambda x, w, b: torch._weight_norm(x, g if w is None else w, 0)  # noqa: E731
+            w = g
+
+        def fwd():
+            with torch.no_grad():
+                return f(x, w, b)
+
+        xg = x.detach().clone(memory_format=torch.preserve_format).requires_grad_(True)
+        wg = w.detach().clone().requires_grad_(True)
+        bg = b.detach().clone().requires_grad_(True)
+        inputs = [xg, wg] + ([bg] if norm not in ("rms", "weight") else [])
+        yg = f(xg, wg, bg)
+
+        def bwd():
+            return torch.autograd.grad(yg, inputs, dy, retain_graph=True)
+
+        self.torch_fwd, self.torch_bwd = fwd, bwd
+
+    def floor_fwd(self):
+        np.copyto(self.y_floor, self.x)
+
+    def floor_bwd(self):
+        np.add(self.x, self.dy, out=self.y_floor)
+
+
+def _time(fns, budget):
+    """Median seconds of each callable, timed interleaved for about ``budget`` s."""
+    for f in fns:  # warm up
+        if f is not None:
+            f()
+    t0 = time.perf_counter()
+    for f in fns:
+        if f is not None:
+            f()
+    one = max(time.perf_counter() - t0, 1e-6)
+    reps = int(min(200, max(5, budget / one)))
+    samples = [[] for _ in fns]
+    for _ in range(reps):
+        for i, f in enumerate(fns):
+            if f is None:
+                continue
+            t = time.perf_counter()
+            f()
+            samples[i].append(time.perf_counter() - t)
+    return [float(np.median(s)) if s else None for s in samples]
+
+
+def run(only=None, budget=1.0, threads=None, seed=0):
+    """Time every row; returns a list of result dicts."""
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    import numba
+
+    threads = threads or numba.get_num_threads()
+    numba.set_num_threads(threads)
+    if torch is not None:
+        torch.set_num_threads(threads)
+    rng = np.random.default_rng(seed)
+    results = []
+    for norm, layout, shape in _rows():
+        label = f"{norm} {layout} {'x'.join(map(str, shape))}"
+        if only and not any(o in label for o in only):
+            continue
+        case = Case(norm, layout, shape, torch, rng)
+        for direction in ("fwd", "bwd"):
+            ours = case.ours_fwd if direction == "fwd" else case.ours_bwd
+            theirs = case.torch_fwd if direction == "fwd" else case.torch_bwd
+            floor = case.floor_fwd if direction == "fwd" else case.floor_bwd
+            t_ours, t_torch, t_floor = _time([ours, theirs, floor], budget)
+            results.append({
+                "norm": norm, "layout": layout, "shape": list(shape), "direction": direction,
+                "numbanorm_s": t_ours, "torch_s": t_torch, "floor_s": t_floor,
+                "ratio": (t_torch / t_ours) if t_torch else None,
+                "floor_fraction": t_floor / t_ours,
+            })
+            _print_row(results[-1])
+        del case
+    return results
+
+
+def _fmt_t(t):
+    if t is None:
+        return "n/a"
+    return f"{t * 1e3:9.3f}ms" if t >= 1e-4 else f"{t * 1e6:9.1f}us"
+
+
+def _print_row(r):
+    shape = "x".join(map(str, r["shape"]))
+    ratio = f"{r['ratio']:6.2f}x" if r["ratio"] else "   n/a"
+    print(
+        f"{r['norm']:9s} {r['layout']:5s} {shape:16s} {r['direction']:3s} "
+        f"{_fmt_t(r['numbanorm_s']):>11s} {_fmt_t(r['torch_s']):>11s} {ratio} "
+        f"{r['floor_fraction']:6.2f}",
+        flush=True,
+    )
+
+
+def geomean(values):
+    values = [v for v in values if v]
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
+
+
+def plot(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['norm']} {r['layout']} {'x'.join(map(str, r['shape']))} {r['direction']}" for r in results]
+    ratios = [r["ratio"] or 0 for r in results]
+    fig, ax = plt.subplots(figsize=(9, 0.22 * len(results) + 1.5))
+    colors = ["tab:green" if v >= 1 else "tab:red" for v in ratios]
+    ax.barh(range(len(ratios)), ratios, color=colors)
+    ax.axvline(1.0, color="k", lw=0.8)
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("speed-up over PyTorch CPU (PyTorch time / numbanorm time)")
+    ax.set_title(f"numbanorm vs PyTorch, float32, geomean {geomean(ratios):.2f}x")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="numbanorm vs PyTorch and the streaming floor")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--only", action="append", help="run rows whose label contains this")
+    p.add_argument("--quick", action="store_true", help="shorter timing budget per row")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", metavar="FILE")
+    p.add_argument("--plot", metavar="FILE.png")
+    args = p.parse_args(argv)
+    if args.device == "cuda":
+        from numba import cuda
+
+        if not cuda.is_available():
+            print("no CUDA GPU available: skipping the GPU benchmark")
+            return 0
+        print("the CUDA back end is not built yet: nothing to benchmark on the GPU")
+        return 0
+    print(f"{'norm':9s} {'lay':5s} {'shape':16s} dir {'numbanorm':>11s} {'pytorch':>11s}  ratio  floor")
+    results = run(args.only, budget=0.3 if args.quick else 1.0, threads=args.threads)
+    g = geomean([r["ratio"] for r in results])
+    worst = min((r for r in results if r["ratio"]), key=lambda r: r["ratio"], default=None)
+    print(f"\ngeometric mean speed-up over PyTorch: {g:.2f}x over {len(results)} rows")
+    if worst:
+        print(f"slowest row: {worst['norm']} {worst['layout']} {worst['shape']} {worst['direction']} {worst['ratio']:.2f}x")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"geomean": g, "rows": results}, f, indent=1)
+    if args.plot:
+        plot(results, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
