@@ -17,14 +17,16 @@ form ``x - mean`` accurately at float32 speed.
 import numpy as np
 
 from . import _cpu as backend
-from ._layout import readonly
+from ._layout import coefficients
 
 #: Elements one channel-kernel task handles (at least one ``P`` index); fixed,
 #: so the split and hence every result depends on the shape only.
 CHUNK_ELEMENTS = 1 << 16
 #: Row-kernel backward splits rows into at most this many blocks of partial
-#: parameter-gradient sums.
+#: parameter-gradient sums, each of at least ``MIN_ROWS_PER_BLOCK`` rows (the
+#: partial sums stay small next to the data).
 ROW_BLOCKS = 64
+MIN_ROWS_PER_BLOCK = 16
 
 
 def quiet_fp():
@@ -47,7 +49,7 @@ def split(mean, dtype):
     with quiet_fp():
         hi = mean.astype(dtype)
         lo = (mean - hi).astype(dtype)
-    return readonly(hi, dtype), readonly(lo, dtype)
+    return coefficients(hi, dtype), coefficients(lo, dtype)
 
 
 def _p_chunk(kshape):
@@ -80,7 +82,7 @@ def row_forward(xk, weight, bias, eps, center, yk):
     mean = np.empty(rows)
     rstd = np.empty(rows)
     backend.row_forward.for_size(xk.size)(
-        xk, readonly(w, dtype), readonly(b, dtype), eps, center, yk, mean, rstd
+        xk, coefficients(w, dtype), coefficients(b, dtype), eps, center, yk, mean, rstd
     )
     return mean, rstd
 
@@ -89,13 +91,13 @@ def row_backward(dyk, xk, mean, rstd, weight, center, param_grads, dxk):
     """dx into ``dxk``; returns float64 ``(dweight, dbias)`` sums (or Nones)."""
     rows, length = xk.shape
     w = weight.reshape(-1) if weight is not None else np.ones(length)
-    rows_per_block = max(1, -(-rows // ROW_BLOCKS))
+    rows_per_block = max(MIN_ROWS_PER_BLOCK, -(-rows // ROW_BLOCKS))
     nblocks = -(-rows // rows_per_block)
     part_shape = (nblocks, length if param_grads else 0)
     dw_part = np.empty(part_shape)
     db_part = np.empty(part_shape)
     backend.row_backward.for_size(xk.size)(
-        dyk, xk, readonly(mean), readonly(rstd), readonly(w, xk.dtype), center, param_grads,
+        dyk, xk, coefficients(mean), coefficients(rstd), coefficients(w, xk.dtype), center, param_grads,
         rows_per_block, dxk, dw_part, db_part,
     )
     if not param_grads:
@@ -123,7 +125,7 @@ def group_sums(xk, groups, center):
     s1_part = np.empty((n, nchunks, c))
     s2_part = np.empty((n, nchunks, c))
     backend.channel_moments.for_size(xk.size)(
-        xk, readonly(_per_channel(shift, cg)), chunk, s1_part, s2_part
+        xk, coefficients(_per_channel(shift, cg)), chunk, s1_part, s2_part
     )
     s1 = _group_total(s1_part.sum(axis=1), groups)
     s2 = _group_total(s2_part.sum(axis=1), groups)
@@ -151,7 +153,7 @@ def group_apply(xk, mean, rstd, weight, bias, yk):
     hi, lo = split(_per_channel(mean, cg), dtype)
     chunk, _ = _p_chunk(xk.shape)
     backend.channel_affine.for_size(xk.size)(
-        xk, hi, lo, readonly(scale, dtype), readonly(shift, dtype), chunk, yk
+        xk, hi, lo, coefficients(scale, dtype), coefficients(shift, dtype), chunk, yk
     )
 
 
@@ -178,14 +180,13 @@ def group_backward(dyk, xk, mean, rstd, weight, batch_stats, param_grads, dxk):
     beta = np.zeros((n, c))
     gamma = np.zeros((n, c))
     dweight = dbias = None
+    hi, lo = split(mean_c, dtype)
     with quiet_fp():
         alpha = rstd_c * w
         if batch_stats or param_grads:
             a_part = np.empty((n, nchunks, c))
             b_part = np.empty((n, nchunks, c))
-            backend.channel_grad_sums.for_size(size)(
-                dyk, xk, readonly(mean_c), chunk, a_part, b_part
-            )
+            backend.channel_grad_sums.for_size(size)(dyk, xk, hi, lo, chunk, a_part, b_part)
             sum_dy = a_part.sum(axis=1)  # sum(dy) per (n, c)
             sum_dy_xc = b_part.sum(axis=1)  # sum(dy * (x - mean)) per (n, c)
             if batch_stats:
@@ -196,9 +197,8 @@ def group_backward(dyk, xk, mean, rstd, weight, batch_stats, param_grads, dxk):
             if param_grads:
                 dweight = (sum_dy_xc * rstd_c).sum(axis=0)
                 dbias = sum_dy.sum(axis=0)
-    hi, lo = split(mean_c, dtype)
     backend.channel_backward_apply.for_size(size)(
-        dyk, xk, hi, lo, readonly(alpha, dtype), readonly(beta, dtype), readonly(gamma, dtype),
+        dyk, xk, hi, lo, coefficients(alpha, dtype), coefficients(beta, dtype), coefficients(gamma, dtype),
         chunk, dxk,
     )
     return dweight, dbias
@@ -208,10 +208,10 @@ def scale_rows(xk, scale, yk):
     """``y = x * scale[n]`` over an ``(N, 1, 1, L)`` view."""
     n = xk.shape[0]
     dtype = xk.dtype
-    zeros = readonly(np.zeros((n, 1)), dtype)
+    zeros = coefficients(np.zeros((n, 1)), dtype)
     chunk, _ = _p_chunk(xk.shape)
     backend.channel_affine.for_size(xk.size)(
-        xk, zeros, zeros, readonly(scale.reshape(-1, 1), dtype), zeros, chunk, yk
+        xk, zeros, zeros, coefficients(scale.reshape(-1, 1), dtype), zeros, chunk, yk
     )
 
 
@@ -219,11 +219,10 @@ def row_dots(ak, bk):
     """``sum(a * b)`` per ``n`` of two ``(N, 1, 1, L)`` views, float64."""
     n = ak.shape[0]
     chunk, nchunks = _p_chunk(ak.shape)
+    zeros = coefficients(np.zeros((n, 1)), ak.dtype)
     a_part = np.empty((n, nchunks, 1))
     b_part = np.empty((n, nchunks, 1))
-    backend.channel_grad_sums.for_size(ak.size)(
-        ak, bk, readonly(np.zeros((n, 1))), chunk, a_part, b_part
-    )
+    backend.channel_grad_sums.for_size(ak.size)(ak, bk, zeros, zeros, chunk, a_part, b_part)
     return b_part.sum(axis=1)[:, 0]
 
 
@@ -231,9 +230,9 @@ def combine_rows(ak, bk, alpha, beta, outk):
     """``out = alpha[n] * a + beta[n] * b`` over ``(N, 1, 1, L)`` views."""
     n = ak.shape[0]
     dtype = ak.dtype
-    zeros = readonly(np.zeros((n, 1)), dtype)
+    zeros = coefficients(np.zeros((n, 1)), dtype)
     chunk, _ = _p_chunk(ak.shape)
     backend.channel_backward_apply.for_size(ak.size)(
-        ak, bk, zeros, zeros, readonly(alpha.reshape(-1, 1), dtype),
-        readonly(beta.reshape(-1, 1), dtype), zeros, chunk, outk,
+        ak, bk, zeros, zeros, coefficients(alpha.reshape(-1, 1), dtype),
+        coefficients(beta.reshape(-1, 1), dtype), zeros, chunk, outk,
     )
