@@ -9,9 +9,9 @@ Grouped statistics over an ``(N, P, C, Q)`` view with ``G`` groups of
 ``C // G`` consecutive channels cover batch norm (``N = 1, G = C``), group norm
 and instance norm (``G = C``).
 
-Elementwise kernels take their coefficients in the data's dtype; a float64
-mean is passed as ``hi + lo`` of that dtype (:func:`split`) so the kernels can
-form ``x - mean`` accurately at float32 speed.
+Grouped kernels take float64 statistics per ``(n, group)`` and parameters per
+channel, and form each channel's coefficients themselves: no ``(N, C)``
+arrays are built on the host.
 """
 
 import numpy as np
@@ -42,14 +42,6 @@ def rstd_of(var, eps):
     """``1 / sqrt(var + eps)``, without warnings for zero or non-finite input."""
     with quiet_fp():
         return 1.0 / np.sqrt(var + eps)
-
-
-def split(mean, dtype):
-    """``mean`` (float64) as read-only ``(hi, lo)`` arrays of ``dtype``, ``hi + lo ~= mean``."""
-    with quiet_fp():
-        hi = mean.astype(dtype)
-        lo = (mean - hi).astype(dtype)
-    return coefficients(hi, dtype), coefficients(lo, dtype)
 
 
 def _p_chunk(kshape):
@@ -108,6 +100,11 @@ def row_backward(dyk, xk, mean, rstd, weight, center, param_grads, dxk):
 # --------------------------------------------------------- grouped norms ---
 
 
+def _param(p, channels, fill):
+    """A per-channel parameter as a float64 kernel argument (``fill`` if None)."""
+    return coefficients(p.reshape(-1) if p is not None else np.full(channels, fill))
+
+
 def group_sums(xk, groups, center):
     """Sums over each group of an ``(N, P, C, Q)`` view, taken about a shift.
 
@@ -117,19 +114,23 @@ def group_sums(xk, groups, center):
     """
     n, p, c, q = xk.shape
     cg = c // groups
-    chunk, nchunks = _p_chunk(xk.shape)
+    count = p * q * cg
     if center and n * p * q > 0:
         shift = xk[:, 0, ::cg, 0].astype(np.float64)
     else:
         shift = np.zeros((n, groups))
-    s1_part = np.empty((n, nchunks, c))
-    s2_part = np.empty((n, nchunks, c))
-    backend.channel_moments.for_size(xk.size)(
-        xk, coefficients(_per_channel(shift, cg)), chunk, s1_part, s2_part
-    )
+    if p == 1 and cg > 1:
+        # Channels first: a group's channels are contiguous, so reduce each
+        # group as one long run instead of cg short ones.
+        xk = xk.reshape(n, 1, groups, cg * q)
+    chunk, nchunks = _p_chunk(xk.shape)
+    width = xk.shape[2]
+    s1_part = np.empty((n, nchunks, width))
+    s2_part = np.empty((n, nchunks, width))
+    backend.channel_moments.for_size(xk.size)(xk, shift, chunk, s1_part, s2_part)
     s1 = _group_total(s1_part.sum(axis=1), groups)
     s2 = _group_total(s2_part.sum(axis=1), groups)
-    return shift, s1, s2, p * q * cg
+    return shift, s1, s2, count
 
 
 def group_moments(xk, groups):
@@ -144,16 +145,11 @@ def group_moments(xk, groups):
 def group_apply(xk, mean, rstd, weight, bias, yk):
     """``y = (x - mean) * rstd * weight[c] + bias[c]`` with ``mean``/``rstd`` per
     ``(n, group)``."""
-    n, _, c, _ = xk.shape
-    cg = c // mean.shape[1]
-    dtype = xk.dtype
-    with quiet_fp():
-        scale = _per_channel(rstd, cg) * (weight if weight is not None else 1.0)
-    shift = np.broadcast_to(bias if bias is not None else 0.0, (n, c))
-    hi, lo = split(_per_channel(mean, cg), dtype)
+    c = xk.shape[2]
     chunk, _ = _p_chunk(xk.shape)
     backend.channel_affine.for_size(xk.size)(
-        xk, hi, lo, coefficients(scale, dtype), coefficients(shift, dtype), chunk, yk
+        xk, coefficients(mean), coefficients(rstd), _param(weight, c, 1.0),
+        _param(bias, c, 0.0), chunk, yk,
     )
 
 
@@ -164,54 +160,52 @@ def group_backward(dyk, xk, mean, rstd, weight, batch_stats, param_grads, dxk):
     gradient flows through them too. With ``g = dy * weight``, ``M`` elements
     per group and ``xhat = (x - mean) * rstd``:
     ``dx = rstd * (g - sum(g)/M - xhat * sum(g * xhat)/M)``, i.e.
-    ``alpha*dy + beta*(x - mean) + gamma`` per ``(n, c)``.
-    Returns float64 ``(dweight, dbias)`` of shape ``(C,)`` (or Nones).
+    ``rstd*weight[c]*dy + beta*(x - mean) + gamma`` with ``beta``, ``gamma``
+    per ``(n, group)``. Returns float64 ``(dweight, dbias)`` of shape ``(C,)``
+    (or Nones).
     """
     n, p, c, q = xk.shape
     groups = mean.shape[1]
     cg = c // groups
     count = p * q * cg
-    dtype = xk.dtype
-    size = xk.size
     chunk, nchunks = _p_chunk(xk.shape)
-    mean_c = _per_channel(mean, cg)
-    rstd_c = _per_channel(rstd, cg)
-    w = weight if weight is not None else np.ones(c)
-    beta = np.zeros((n, c))
-    gamma = np.zeros((n, c))
+    mean = coefficients(mean)
+    rstd = coefficients(rstd)
+    w = _param(weight, c, 1.0)
+    beta = np.zeros((n, groups))
+    gamma = np.zeros((n, groups))
     dweight = dbias = None
-    hi, lo = split(mean_c, dtype)
-    with quiet_fp():
-        alpha = rstd_c * w
-        if batch_stats or param_grads:
-            a_part = np.empty((n, nchunks, c))
-            b_part = np.empty((n, nchunks, c))
-            backend.channel_grad_sums.for_size(size)(dyk, xk, hi, lo, chunk, a_part, b_part)
-            sum_dy = a_part.sum(axis=1)  # sum(dy) per (n, c)
-            sum_dy_xc = b_part.sum(axis=1)  # sum(dy * (x - mean)) per (n, c)
+    if batch_stats or param_grads:
+        a_part = np.empty((n, nchunks, c))
+        b_part = np.empty((n, nchunks, c))
+        backend.channel_grad_sums.for_size(xk.size)(dyk, xk, mean, chunk, a_part, b_part)
+        sum_dy = a_part.sum(axis=1)  # sum(dy) per (n, c)
+        sum_dy_xc = b_part.sum(axis=1)  # sum(dy * (x - mean)) per (n, c)
+        with quiet_fp():
             if batch_stats:
                 sum_g = _group_total(sum_dy * w, groups)
                 sum_g_xc = _group_total(sum_dy_xc * w, groups)
-                beta = _per_channel(-(rstd**3) * sum_g_xc / count, cg)
-                gamma = _per_channel(-rstd * sum_g / count, cg)
+                beta = -(rstd**3) * sum_g_xc / count
+                gamma = -rstd * sum_g / count
             if param_grads:
-                dweight = (sum_dy_xc * rstd_c).sum(axis=0)
+                dweight = (sum_dy_xc * _per_channel(rstd, cg)).sum(axis=0)
                 dbias = sum_dy.sum(axis=0)
-    backend.channel_backward_apply.for_size(size)(
-        dyk, xk, hi, lo, coefficients(alpha, dtype), coefficients(beta, dtype), coefficients(gamma, dtype),
-        chunk, dxk,
+    backend.channel_backward_apply.for_size(xk.size)(
+        dyk, xk, mean, rstd, w, beta, gamma, chunk, dxk
     )
     return dweight, dbias
+
+
+# ---------------------------------------------- per-row helpers (weight norm) ---
 
 
 def scale_rows(xk, scale, yk):
     """``y = x * scale[n]`` over an ``(N, 1, 1, L)`` view."""
     n = xk.shape[0]
-    dtype = xk.dtype
-    zeros = coefficients(np.zeros((n, 1)), dtype)
     chunk, _ = _p_chunk(xk.shape)
     backend.channel_affine.for_size(xk.size)(
-        xk, zeros, zeros, coefficients(scale.reshape(-1, 1), dtype), zeros, chunk, yk
+        xk, np.zeros((n, 1)), coefficients(scale.reshape(-1, 1)), np.ones(1), np.zeros(1),
+        chunk, yk,
     )
 
 
@@ -219,20 +213,17 @@ def row_dots(ak, bk):
     """``sum(a * b)`` per ``n`` of two ``(N, 1, 1, L)`` views, float64."""
     n = ak.shape[0]
     chunk, nchunks = _p_chunk(ak.shape)
-    zeros = coefficients(np.zeros((n, 1)), ak.dtype)
     a_part = np.empty((n, nchunks, 1))
     b_part = np.empty((n, nchunks, 1))
-    backend.channel_grad_sums.for_size(ak.size)(ak, bk, zeros, zeros, chunk, a_part, b_part)
+    backend.channel_grad_sums.for_size(ak.size)(ak, bk, np.zeros((n, 1)), chunk, a_part, b_part)
     return b_part.sum(axis=1)[:, 0]
 
 
 def combine_rows(ak, bk, alpha, beta, outk):
     """``out = alpha[n] * a + beta[n] * b`` over ``(N, 1, 1, L)`` views."""
     n = ak.shape[0]
-    dtype = ak.dtype
-    zeros = coefficients(np.zeros((n, 1)), dtype)
     chunk, _ = _p_chunk(ak.shape)
     backend.channel_backward_apply.for_size(ak.size)(
-        ak, bk, zeros, zeros, coefficients(alpha.reshape(-1, 1), dtype),
-        coefficients(beta.reshape(-1, 1), dtype), zeros, chunk, outk,
+        ak, bk, np.zeros((n, 1)), coefficients(alpha.reshape(-1, 1)), np.ones(1),
+        coefficients(beta.reshape(-1, 1)), np.zeros((n, 1)), chunk, outk,
     )

@@ -140,25 +140,32 @@ class Case:
         np.add(self.x, self.dy, out=self.y_floor)
 
 
-def _time(fns, budget):
-    """Median seconds of each callable, timed interleaved for about ``budget`` s."""
-    for f in fns:  # warm up
-        if f is not None:
-            f()
+def _time(fns, budget, burst=10):
+    """Median seconds of each callable over about ``budget`` seconds.
+
+    The callables are timed in rounds: ``burst`` calls of one, then of the
+    next, so the libraries alternate throughout the run while each keeps its
+    OpenMP threads warm, as it would in a program that uses only it (both
+    libraries' idle threads spin for a while after a parallel region; strict
+    call-by-call alternation makes each land on the other's spinning pool).
+    """
+    live = [f for f in fns if f is not None]
+    for f in live:  # warm up
+        f()
     t0 = time.perf_counter()
-    for f in fns:
-        if f is not None:
-            f()
+    for f in live:
+        f()
     one = max(time.perf_counter() - t0, 1e-6)
-    reps = int(min(200, max(5, budget / one)))
+    rounds = int(min(60, max(2, budget / (one * burst))))
     samples = [[] for _ in fns]
-    for _ in range(reps):
+    for _ in range(rounds):
         for i, f in enumerate(fns):
             if f is None:
                 continue
-            t = time.perf_counter()
-            f()
-            samples[i].append(time.perf_counter() - t)
+            for _ in range(burst):
+                t = time.perf_counter()
+                f()
+                samples[i].append(time.perf_counter() - t)
     return [float(np.median(s)) if s else None for s in samples]
 
 
