@@ -196,34 +196,20 @@ def group_backward(dyk, xk, mean, rstd, weight, batch_stats, param_grads, dxk):
     return dweight, dbias
 
 
-# ---------------------------------------------- per-row helpers (weight norm) ---
+# ----------------------------------------------------------- weight norm ---
 
 
-def scale_rows(xk, scale, yk):
-    """``y = x * scale[n]`` over an ``(N, 1, 1, L)`` view."""
-    n = xk.shape[0]
-    chunk, _ = _p_chunk(xk.shape)
-    backend.channel_affine.for_size(xk.size)(
-        xk, np.zeros((n, 1)), coefficients(scale.reshape(-1, 1)), np.ones(1), np.zeros(1),
-        chunk, yk,
+def weight_norm_forward(vk, g, wk):
+    """``w = g[r] * v / ||v[r]||`` per row of ``vk``; returns float64 ``1/||v||``."""
+    rstd = np.empty(vk.shape[0])
+    backend.row_scale_forward.for_size(vk.size)(vk, coefficients(g), wk, rstd)
+    return rstd
+
+
+def weight_norm_backward(dwk, vk, g, rstd, dvk):
+    """dv into ``dvk``; returns float64 ``dg`` per row."""
+    dg = np.empty(vk.shape[0])
+    backend.row_scale_backward.for_size(vk.size)(
+        dwk, vk, coefficients(g), coefficients(rstd), dvk, dg
     )
-
-
-def row_dots(ak, bk):
-    """``sum(a * b)`` per ``n`` of two ``(N, 1, 1, L)`` views, float64."""
-    n = ak.shape[0]
-    chunk, nchunks = _p_chunk(ak.shape)
-    a_part = np.empty((n, nchunks, 1))
-    b_part = np.empty((n, nchunks, 1))
-    backend.channel_grad_sums.for_size(ak.size)(ak, bk, np.zeros((n, 1)), chunk, a_part, b_part)
-    return b_part.sum(axis=1)[:, 0]
-
-
-def combine_rows(ak, bk, alpha, beta, outk):
-    """``out = alpha[n] * a + beta[n] * b`` over ``(N, 1, 1, L)`` views."""
-    n = ak.shape[0]
-    chunk, _ = _p_chunk(ak.shape)
-    backend.channel_backward_apply.for_size(ak.size)(
-        ak, bk, np.zeros((n, 1)), coefficients(alpha.reshape(-1, 1)), np.ones(1),
-        coefficients(beta.reshape(-1, 1)), np.zeros((n, 1)), chunk, outk,
-    )
+    return dg

@@ -1,7 +1,5 @@
 """Weight normalization: ``w = g * v / ||v||`` with a 2-norm per output slice."""
 
-import numpy as np
-
 from . import _engine as engine
 from ._layout import (
     as_array,
@@ -34,8 +32,6 @@ def _prepare(v, g, axis):
         raise ValueError(f"g must have shape {g_shapes[0]} or {g_shapes[1]}, got {g.shape}")
     reduced = tuple(i for i in range(v.ndim) if i not in kept_axes)
     view, _ = row_view(v.shape, reduced)
-    rows, length = view.kshape
-    view = view._replace(kshape=(rows, 1, 1, length))
     return v, result, compute_dtype(result), g, view, stat_shape
 
 
@@ -70,13 +66,8 @@ def weight_norm(v, g, *, axis=0):
         ``(v.shape[axis],)``).
     """
     v, result, dtype, g, view, stat_shape = _prepare(v, g, axis)
-    vk = view.to_kernel(v, dtype)
-    _, _, sumsq, _ = engine.group_sums(vk, 1, center=False)
-    rstd = engine.rstd_of(sumsq[:, 0], 0.0)
     wk, finish = view.output(dtype, result, None)
-    with engine.quiet_fp():
-        scale = g.astype(np.float64).ravel() * rstd
-    engine.scale_rows(vk, scale, wk)
+    rstd = engine.weight_norm_forward(view.to_kernel(v, dtype), g.ravel(), wk)
     return finish(), NormStats(None, rstd.reshape(stat_shape), True, False)
 
 
@@ -112,13 +103,8 @@ def weight_norm_backward(dw, v, g, saved, *, axis=0):
     v, result, dtype, g, view, stat_shape = _prepare(v, g, axis)
     dw = check_like(dw, v.shape, result, "dw", like="v")
     rstd = check_stats(saved.rstd, stat_shape, "saved.rstd").ravel()
-    vk = view.to_kernel(v, dtype)
-    dwk = view.to_kernel(dw, dtype)
-    t = engine.row_dots(dwk, vk)
-    gv = g.astype(np.float64).ravel()
     dvk, finish = view.output(dtype, result, None)
-    with engine.quiet_fp():
-        alpha, beta, dg = gv * rstd, -gv * t * rstd**3, t * rstd
-    engine.combine_rows(dwk, vk, alpha, beta, dvk)
-    dg = dg.reshape(g.shape).astype(param_grad_dtype(g))
-    return finish(), dg
+    dg = engine.weight_norm_backward(
+        view.to_kernel(dw, dtype), view.to_kernel(v, dtype), g.ravel(), rstd, dvk
+    )
+    return finish(), dg.reshape(g.shape).astype(param_grad_dtype(g))

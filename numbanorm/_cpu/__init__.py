@@ -11,7 +11,7 @@ from .channels import (
     channel_grad_sums,
     channel_moments,
 )
-from .rows import row_backward, row_forward
+from .rows import row_backward, row_forward, row_scale_backward, row_scale_forward
 
 __all__ = [
     "channel_affine",
@@ -20,4 +20,6 @@ __all__ = [
     "channel_moments",
     "row_backward",
     "row_forward",
+    "row_scale_backward",
+    "row_scale_forward",
 ]

@@ -1,6 +1,7 @@
 """Row kernels: statistics, forward and backward per row of a ``(rows, L)`` view.
 
-Layer norm (``center=True``) and RMS norm (``center=False``) run here. Each
+Layer norm (``center=True``) and RMS norm (``center=False``) run here, and
+weight norm (one 2-norm per row). Each
 row is one task. Statistics are float64 sums taken about a shift (the row's
 first element when centering), so ``x - mean`` never cancels even when the
 mean is 1e6 times the spread. Elementwise outputs are computed in the input's
@@ -98,3 +99,43 @@ def row_backward(
         if param_grads:
             dweight_part[k, :] = dw
             dbias_part[k, :] = db
+
+
+@kernel
+def row_scale_forward(v, g, w, rstd):
+    """Weight norm per row of ``v``: ``rstd = 1/||v||``, ``w = v * (g * rstd)``.
+
+    One task per row: the float64 sum of squares, then the scaling while the row
+    is still in cache.
+    """
+    rows, n = v.shape
+    for r in prange(rows):
+        s = 0.0
+        for j in range(n):
+            d = np.float64(v[r, j])
+            s += d * d
+        rs = 1.0 / np.sqrt(s)
+        rstd[r] = rs
+        scale = cast_like(v, g[r] * rs)
+        for j in range(n):
+            w[r, j] = v[r, j] * scale
+
+
+@kernel
+def row_scale_backward(dw, v, g, rstd, dv, dg):
+    """Gradients of :func:`row_scale_forward` per row.
+
+    With ``t = sum(dw * v)``: ``dg = t * rstd`` and
+    ``dv = g*rstd*dw - g*t*rstd**3 * v``.
+    """
+    rows, n = v.shape
+    for r in prange(rows):
+        t = 0.0
+        for j in range(n):
+            t += np.float64(dw[r, j]) * np.float64(v[r, j])
+        rs = rstd[r]
+        dg[r] = t * rs
+        a = cast_like(v, g[r] * rs)
+        b = cast_like(v, -g[r] * t * rs * rs * rs)
+        for j in range(n):
+            dv[r, j] = a * dw[r, j] + b * v[r, j]
