@@ -1,7 +1,9 @@
 """numbanorm: fast, exact normalization layers for NumPy, with Numba kernels.
 
 Every norm has a forward function returning ``(y, saved)`` and a backward
-function returning the gradients; see the docstrings for the formulas.
+function returning the gradients, and a stateful layer (``BatchNorm``,
+``LayerNorm``, ...) with PyTorch's state-dict keys; see the docstrings for the
+formulas.
 """
 
 from ._grouped_norms import (
@@ -12,6 +14,15 @@ from ._grouped_norms import (
     instance_norm,
     instance_norm_backward,
 )
+from ._layers import (
+    BatchNorm,
+    GroupNorm,
+    InstanceNorm,
+    LayerNorm,
+    RMSNorm,
+    WeightNorm,
+    precise_batch_norm_stats,
+)
 from ._moments import Moments, moments
 from ._row_norms import layer_norm, layer_norm_backward, rms_norm, rms_norm_backward
 from ._types import NormStats
@@ -20,7 +31,14 @@ from ._weight_norm import weight_norm, weight_norm_backward
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchNorm",
+    "GroupNorm",
+    "InstanceNorm",
+    "LayerNorm",
     "Moments",
+    "RMSNorm",
+    "WeightNorm",
+    "precise_batch_norm_stats",
     "NormStats",
     "batch_norm",
     "batch_norm_backward",

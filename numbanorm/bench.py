@@ -45,10 +45,10 @@ def _rows():
 class Case:
     """Data and the three timed callables of one benchmark row and direction."""
 
-    def __init__(self, norm, layout, shape, torch, rng):
+    def __init__(self, norm, layout, shape, torch, rng, dtype=np.float32):
         self.norm, self.layout, self.shape = norm, layout, shape
-        x = rng.standard_normal(shape, dtype=np.float32)
-        dy = rng.standard_normal(shape, dtype=np.float32)
+        x = rng.standard_normal(shape).astype(dtype)
+        dy = rng.standard_normal(shape).astype(dtype)
         if layout == "nhwc":  # same logical NCHW tensor, channels-last memory
             x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
             dy = np.ascontiguousarray(dy.transpose(0, 2, 3, 1))
@@ -58,9 +58,10 @@ class Case:
         self.bytes_bwd = 3 * x.nbytes
         c = shape[1] if norm in ("batch", "group", "instance") else shape[-1]
         self.axis = -1 if layout == "nhwc" else 1
-        self.w = (1.0 + 0.1 * rng.standard_normal(c if norm != "weight" else shape[0])).astype(np.float32)
-        self.b = (0.1 * rng.standard_normal(c)).astype(np.float32)
+        self.w = (1.0 + 0.1 * rng.standard_normal(c if norm != "weight" else shape[0])).astype(dtype)
+        self.b = (0.1 * rng.standard_normal(c)).astype(dtype)
         self._ours()
+        self._numpy()
         if torch is not None:
             self._theirs(torch)
         else:
@@ -93,6 +94,66 @@ class Case:
         self.ours_fwd = fwd
         self.ours_bwd = lambda: bwd(saved)
 
+    # ---------------------------------------------------- plain NumPy baseline
+    def _numpy(self):
+        """The textbook NumPy formulas, in the data's dtype."""
+        x, dy, w, b, norm = self.x, self.dy, self.w, self.b, self.norm
+        nd, shape = x.ndim, x.shape
+        channel = nd - 1 if (self.layout != "nchw") else 1
+        if norm == "weight":
+            rows = shape[0]
+            g = w.reshape((rows,) + (1,) * (nd - 1))
+            reduce = tuple(range(1, nd))
+
+            def fwd():
+                return g * x / np.sqrt((x * x).sum(axis=reduce, keepdims=True))
+
+            def bwd():
+                norm2 = np.sqrt((x * x).sum(axis=reduce, keepdims=True))
+                t = (dy * x).sum(axis=reduce, keepdims=True)
+                return g / norm2 * dy - g * t / norm2**3 * x, (t / norm2).ravel()
+
+            self.numpy_fwd, self.numpy_bwd = fwd, bwd
+            return
+        pshape = [1] * nd
+        pshape[channel] = shape[channel]
+        wb, bb = w.reshape(pshape), b.reshape(pshape)
+        if norm in ("layer", "rms"):
+            view, reduce = (lambda a: a), (nd - 1,)
+        elif norm == "batch":
+            view, reduce = (lambda a: a), tuple(i for i in range(nd) if i != channel)
+        elif norm == "instance":
+            view, reduce = (lambda a: a), tuple(i for i in range(1, nd) if i != channel)
+        elif self.layout == "nchw":  # group
+            view, reduce = (lambda a: a.reshape(shape[0], GROUPS, -1)), (2,)
+        else:
+            view = lambda a: a.reshape(shape[0], -1, GROUPS, shape[-1] // GROUPS)  # noqa: E731
+            reduce = (1, 3)
+        center = norm != "rms"
+        eps = 1e-6 if norm == "rms" else 1e-5
+
+        def stats():
+            xv = view(x)
+            mean = xv.mean(axis=reduce, keepdims=True) if center else 0.0
+            var = ((xv - mean) ** 2).mean(axis=reduce, keepdims=True)
+            return xv, mean, 1.0 / np.sqrt(var + eps)
+
+        def fwd():
+            xv, mean, rstd = stats()
+            y = ((xv - mean) * rstd).reshape(shape) * wb
+            return y if norm == "rms" else y + bb
+
+        def bwd():
+            xv, mean, rstd = stats()
+            xhat = (xv - mean) * rstd
+            g = view(dy * wb)
+            mg = g.mean(axis=reduce, keepdims=True) if center else 0.0
+            dx = rstd * (g - mg - xhat * (g * xhat).mean(axis=reduce, keepdims=True))
+            psum = tuple(i for i in range(nd) if i != channel)
+            return dx.reshape(shape), (dy * xhat.reshape(shape)).sum(axis=psum), dy.sum(axis=psum)
+
+        self.numpy_fwd, self.numpy_bwd = fwd, bwd
+
     # ------------------------------------------------------------- PyTorch
     def _theirs(self, torch):
         F = torch.nn.functional
@@ -107,7 +168,7 @@ class Case:
         elif norm == "rms":
             f = lambda x, w, b: F.rms_norm(x, shape[-1:], w, eps=1e-6)  # noqa: E731
         elif norm == "batch":
-            rm, rv = torch.zeros(len(self.w)), torch.ones(len(self.w))
+            rm, rv = torch.zeros(len(self.w), dtype=x.dtype), torch.ones(len(self.w), dtype=x.dtype)
             f = lambda x, w, b: F.batch_norm(x, rm, rv, w, b, training=True)  # noqa: E731
         elif norm == "group":
             f = lambda x, w, b: F.group_norm(x, GROUPS, w, b)  # noqa: E731

@@ -1,0 +1,67 @@
+"""Shared, seeded benchmark data: the cases of ``numbanorm.bench``.
+
+Each asv class times numbanorm, PyTorch (same thread count) and the plain
+NumPy formula on the same arrays, forward and backward separately. Data is
+built and every kernel warmed in ``setup``, so JIT compilation is never timed
+here (``bench_compile.py`` measures it).
+"""
+
+import numpy as np
+
+from numbanorm.bench import Case
+
+try:
+    import torch
+
+    torch.set_num_threads(2)
+except ImportError:  # PyTorch rows are skipped without it
+    torch = None
+
+DTYPES = ["float32", "float64"]
+ROWS = [(8, 64), (64, 4096), (4096, 1024)]
+CONV = [(8, 256, 28, 28), (32, 64, 56, 56)]
+WEIGHT = [(256, 128, 3, 3), (4096, 4096)]
+
+
+class NormBenchmark:
+    """Base class: subclasses set ``norm``, ``params`` and ``param_names``."""
+
+    norm = None
+    timeout = 120
+
+    def setup(self, shape, layout, dtype):
+        self.case = Case(
+            self.norm, layout, shape, torch, np.random.default_rng(0), np.dtype(dtype)
+        )
+        for f in (self.case.ours_fwd, self.case.ours_bwd):
+            f()
+
+    def time_numbanorm_forward(self, shape, layout, dtype):
+        self.case.ours_fwd()
+
+    def time_numbanorm_backward(self, shape, layout, dtype):
+        self.case.ours_bwd()
+
+    def time_torch_forward(self, shape, layout, dtype):
+        if self.case.torch_fwd is None:
+            raise NotImplementedError("PyTorch is not installed")
+        self.case.torch_fwd()
+
+    def time_torch_backward(self, shape, layout, dtype):
+        if self.case.torch_bwd is None:
+            raise NotImplementedError("PyTorch is not installed")
+        self.case.torch_bwd()
+
+    def time_numpy_forward(self, shape, layout, dtype):
+        self.case.numpy_fwd()
+
+    def time_numpy_backward(self, shape, layout, dtype):
+        self.case.numpy_bwd()
+
+    def time_floor_forward(self, shape, layout, dtype):
+        """``np.copyto(y, x)``: the bytes a forward pass must move."""
+        self.case.floor_fwd()
+
+    def time_floor_backward(self, shape, layout, dtype):
+        """``np.add(x, dy, out=dx)``: the bytes a backward pass must move."""
+        self.case.floor_bwd()

@@ -1,0 +1,496 @@
+"""Stateful normalization layers for NumPy models, with PyTorch's semantics.
+
+Each layer keeps what its ``backward`` needs from the last ``forward``, stores
+parameter gradients in ``grads`` and has ``train()``/``eval()``. Its
+``state_dict()`` has the keys and shapes of the matching ``torch.nn`` module,
+so a PyTorch state dict converted to NumPy arrays loads unchanged.
+"""
+
+import numbers
+
+import numpy as np
+
+from ._grouped_norms import (
+    batch_norm,
+    batch_norm_backward,
+    group_norm,
+    group_norm_backward,
+    instance_norm,
+    instance_norm_backward,
+)
+from ._moments import Moments, moments
+from ._row_norms import layer_norm, layer_norm_backward, rms_norm, rms_norm_backward
+from ._weight_norm import weight_norm, weight_norm_backward
+
+
+class _Layer:
+    """Shared state handling: parameters, buffers, gradients, modes, state dicts."""
+
+    _param_names = ()
+    _buffer_names = ()
+
+    def __init__(self):
+        self.training = True
+        self.grads = {}
+        self._saved = None
+
+    # ------------------------------------------------------------- modes
+    def train(self, mode=True):
+        """Set training mode (``mode=True``) or eval mode; returns ``self``."""
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        """Set eval mode; returns ``self``."""
+        return self.train(False)
+
+    # ------------------------------------------------------------- state
+    @property
+    def params(self):
+        """Trainable parameters by name (the arrays themselves, updated in place)."""
+        return {k: getattr(self, k) for k in self._param_names if getattr(self, k) is not None}
+
+    def _buffers(self):
+        return {k: getattr(self, k) for k in self._buffer_names if getattr(self, k) is not None}
+
+    def state_dict(self):
+        """Copies of parameters and buffers, with PyTorch's keys and shapes."""
+        return {k: np.array(v, copy=True) for k, v in {**self.params, **self._buffers()}.items()}
+
+    def load_state_dict(self, state):
+        """Load arrays from ``state`` (keys and shapes as ``state_dict()``).
+
+        Every key and shape is checked before anything is assigned: a missing,
+        unexpected or mis-shaped entry raises a ``ValueError`` naming it and
+        leaves the layer unchanged.
+        """
+        own = {**self.params, **self._buffers()}
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise ValueError(
+                f"state dict does not match {type(self).__name__}: "
+                f"missing keys {missing}, unexpected keys {unexpected}"
+            )
+        arrays = {}
+        for key, target in own.items():
+            value = np.asarray(state[key])
+            if value.shape != target.shape:
+                raise ValueError(
+                    f"state dict entry {key!r} has shape {value.shape}, expected {target.shape}"
+                )
+            if value.dtype.kind not in "biuf":
+                raise ValueError(f"state dict entry {key!r} has dtype {value.dtype}, expected real")
+            arrays[key] = value
+        for key, value in arrays.items():
+            getattr(self, key)[...] = value
+
+    def _require_forward(self):
+        if self._saved is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
+        return self._saved
+
+    def _store_grads(self, **grads):
+        self.grads = {k: v for k, v in grads.items() if v is not None}
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self._describe()})"
+
+    def _describe(self):
+        return ""
+
+
+def _real_positive(value, name, allow_none=False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    return float(value)
+
+
+class LayerNorm(_Layer):
+    """Layer normalization over the trailing ``normalized_shape`` dimensions.
+
+    ``y = (x - E[x]) / sqrt(Var[x] + eps) * weight + bias``, as
+    ``torch.nn.LayerNorm``; state dict keys ``weight``, ``bias``.
+
+    Parameters
+    ----------
+    normalized_shape : int or tuple of int
+        Shape of the trailing dimensions that are normalized.
+    eps : float, default 1e-5
+        Added to the variance inside the square root.
+    elementwise_affine : bool, default True
+        Learn ``weight`` (ones) and ``bias`` (zeros).
+    bias : bool, default True
+        With ``elementwise_affine``, also learn ``bias``.
+    dtype : dtype, default float32
+        dtype of the parameters.
+    """
+
+    _param_names = ("weight", "bias")
+
+    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True,
+                 dtype=np.float32):
+        super().__init__()
+        shape = (normalized_shape,) if isinstance(normalized_shape, numbers.Integral) else tuple(normalized_shape)
+        self.normalized_shape = tuple(int(s) for s in shape)
+        self.eps = _real_positive(eps, "eps")
+        self.weight = np.ones(self.normalized_shape, dtype) if elementwise_affine else None
+        self.bias = np.zeros(self.normalized_shape, dtype) if elementwise_affine and bias else None
+        self.axis = tuple(range(-len(self.normalized_shape), 0))
+
+    def forward(self, x):
+        """Normalize ``x``; keeps what :meth:`backward` needs."""
+        y, saved = layer_norm(x, self.weight, self.bias, axis=self.axis, eps=self.eps)
+        self._saved = (x, saved)
+        return y
+
+    def backward(self, dy):
+        """Return ``dx``; store ``grads['weight']``, ``grads['bias']``."""
+        x, saved = self._require_forward()
+        dx, dw, db = layer_norm_backward(dy, x, saved, self.weight, axis=self.axis)
+        self._store_grads(weight=dw, bias=db)
+        return dx
+
+    def _describe(self):
+        return f"{self.normalized_shape}, eps={self.eps}"
+
+
+class RMSNorm(_Layer):
+    """RMS normalization over the trailing ``normalized_shape`` dimensions.
+
+    ``y = x / sqrt(E[x**2] + eps) * weight``, as ``torch.nn.RMSNorm``:
+    ``eps=None`` uses the machine epsilon of the input's dtype. State dict
+    key ``weight``.
+
+    Parameters
+    ----------
+    normalized_shape : int or tuple of int
+        Shape of the trailing dimensions that are normalized.
+    eps : float or None, default None
+        Added to the mean square; None means ``np.finfo(x.dtype).eps``.
+    elementwise_affine : bool, default True
+        Learn ``weight`` (ones).
+    dtype : dtype, default float32
+        dtype of the parameters.
+    """
+
+    _param_names = ("weight",)
+
+    def __init__(self, normalized_shape, eps=None, elementwise_affine=True, dtype=np.float32):
+        super().__init__()
+        shape = (normalized_shape,) if isinstance(normalized_shape, numbers.Integral) else tuple(normalized_shape)
+        self.normalized_shape = tuple(int(s) for s in shape)
+        self.eps = _real_positive(eps, "eps", allow_none=True)
+        self.weight = np.ones(self.normalized_shape, dtype) if elementwise_affine else None
+        self.axis = tuple(range(-len(self.normalized_shape), 0))
+
+    def _eps_for(self, x):
+        if self.eps is not None:
+            return self.eps
+        dtype = np.asarray(x).dtype
+        return float(np.finfo(dtype if dtype.kind == "f" else np.float64).eps)
+
+    def forward(self, x):
+        """Normalize ``x``; keeps what :meth:`backward` needs."""
+        y, saved = rms_norm(x, self.weight, axis=self.axis, eps=self._eps_for(x))
+        self._saved = (x, saved)
+        return y
+
+    def backward(self, dy):
+        """Return ``dx``; store ``grads['weight']``."""
+        x, saved = self._require_forward()
+        dx, dw = rms_norm_backward(dy, x, saved, self.weight, axis=self.axis)
+        self._store_grads(weight=dw)
+        return dx
+
+    def _describe(self):
+        return f"{self.normalized_shape}, eps={self.eps}"
+
+
+class _RunningStatsNorm(_Layer):
+    """Batch-norm-style running statistics with PyTorch's update rules."""
+
+    _param_names = ("weight", "bias")
+    _buffer_names = ("running_mean", "running_var", "num_batches_tracked")
+
+    def __init__(self, num_features, eps, momentum, affine, track_running_stats, axis, dtype):
+        super().__init__()
+        self.num_features = int(num_features)
+        self.eps = _real_positive(eps, "eps")
+        self.momentum = _real_positive(momentum, "momentum", allow_none=True)
+        self.axis = axis
+        self.weight = np.ones(self.num_features, dtype) if affine else None
+        self.bias = np.zeros(self.num_features, dtype) if affine else None
+        self.track_running_stats = bool(track_running_stats)
+        if self.track_running_stats:
+            self.running_mean = np.zeros(self.num_features, dtype)
+            self.running_var = np.ones(self.num_features, dtype)
+            self.num_batches_tracked = np.zeros((), np.int64)
+        else:
+            self.running_mean = self.running_var = self.num_batches_tracked = None
+
+    def reset_running_stats(self):
+        """Running mean 0, running variance 1, no batches tracked."""
+        if self.track_running_stats:
+            self.running_mean[...] = 0
+            self.running_var[...] = 1
+            self.num_batches_tracked[...] = 0
+
+    def _momentum(self):
+        """The update's momentum; ``momentum=None`` is PyTorch's cumulative
+        average, ``1 / (number of batches including this one)``."""
+        if self.momentum is None:
+            return 1.0 / (int(self.num_batches_tracked) + 1)
+        return self.momentum
+
+
+class BatchNorm(_RunningStatsNorm):
+    """Batch normalization over every axis except the channel ``axis``.
+
+    As ``torch.nn.BatchNorm1d/2d/3d``: in training mode the batch statistics
+    normalize ``x`` and update the running statistics (unbiased variance,
+    ``running = (1 - momentum) * running + momentum * batch``; with
+    ``momentum=None`` a cumulative average); in eval mode the running
+    statistics are used. With ``track_running_stats=False`` batch statistics
+    are used in both modes. State dict keys ``weight``, ``bias``,
+    ``running_mean``, ``running_var``, ``num_batches_tracked``.
+
+    Parameters
+    ----------
+    num_features : int
+        Number of channels ``C``.
+    eps : float, default 1e-5
+        Added to the variance inside the square root.
+    momentum : float or None, default 0.1
+        Weight of the batch statistics in the running update; None for a
+        cumulative moving average.
+    affine : bool, default True
+        Learn ``weight`` and ``bias``.
+    track_running_stats : bool, default True
+        Keep running statistics.
+    axis : int, default 1
+        The channel axis (1 for NCHW, -1 for channels-last).
+    dtype : dtype, default float32
+        dtype of parameters and running statistics.
+    """
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, axis=1, dtype=np.float32):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, axis, dtype)
+
+    def forward(self, x):
+        """Normalize ``x``; keeps what :meth:`backward` needs."""
+        use_batch = self.training or not self.track_running_stats
+        update = self.training and self.track_running_stats
+        running = update or not use_batch
+        y, saved = batch_norm(
+            x, self.weight, self.bias, axis=self.axis, eps=self.eps, training=use_batch,
+            running_mean=self.running_mean if running else None,
+            running_var=self.running_var if running else None,
+            momentum=self._momentum() if update else 0.0,
+        )
+        if update:  # counted only once batch_norm has accepted the batch
+            self.num_batches_tracked += 1
+        self._saved = (x, saved)
+        return y
+
+    def backward(self, dy):
+        """Return ``dx``; store ``grads['weight']``, ``grads['bias']``."""
+        x, saved = self._require_forward()
+        dx, dw, db = batch_norm_backward(dy, x, saved, self.weight, axis=self.axis)
+        self._store_grads(weight=dw, bias=db)
+        return dx
+
+    def _describe(self):
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, axis={self.axis}"
+
+
+class GroupNorm(_Layer):
+    """Group normalization, as ``torch.nn.GroupNorm``; keys ``weight``, ``bias``.
+
+    Parameters
+    ----------
+    num_groups : int
+        Number of groups; must divide ``num_channels``.
+    num_channels : int
+        Number of channels ``C``.
+    eps : float, default 1e-5
+        Added to the variance inside the square root.
+    affine : bool, default True
+        Learn ``weight`` and ``bias``.
+    axis : int, default 1
+        The channel axis.
+    dtype : dtype, default float32
+        dtype of the parameters.
+    """
+
+    _param_names = ("weight", "bias")
+
+    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, axis=1,
+                 dtype=np.float32):
+        super().__init__()
+        if num_channels % num_groups:
+            raise ValueError(
+                f"num_groups={num_groups} must divide num_channels={num_channels}"
+            )
+        self.num_groups, self.num_channels = int(num_groups), int(num_channels)
+        self.eps = _real_positive(eps, "eps")
+        self.axis = axis
+        self.weight = np.ones(self.num_channels, dtype) if affine else None
+        self.bias = np.zeros(self.num_channels, dtype) if affine else None
+
+    def forward(self, x):
+        """Normalize ``x``; keeps what :meth:`backward` needs."""
+        y, saved = group_norm(x, self.num_groups, self.weight, self.bias, axis=self.axis, eps=self.eps)
+        self._saved = (x, saved)
+        return y
+
+    def backward(self, dy):
+        """Return ``dx``; store ``grads['weight']``, ``grads['bias']``."""
+        x, saved = self._require_forward()
+        dx, dw, db = group_norm_backward(dy, x, saved, self.weight, axis=self.axis)
+        self._store_grads(weight=dw, bias=db)
+        return dx
+
+    def _describe(self):
+        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}"
+
+
+class InstanceNorm(_Layer):
+    """Instance normalization, as ``torch.nn.InstanceNorm1d/2d/3d`` with
+    ``track_running_stats=False`` (PyTorch's default; running statistics for
+    instance norm are not supported). Keys ``weight``, ``bias`` when affine.
+
+    Parameters
+    ----------
+    num_features : int
+        Number of channels ``C``.
+    eps : float, default 1e-5
+        Added to the variance inside the square root.
+    affine : bool, default False
+        Learn ``weight`` and ``bias`` (PyTorch's default is False).
+    axis : int, default 1
+        The channel axis.
+    dtype : dtype, default float32
+        dtype of the parameters.
+    """
+
+    _param_names = ("weight", "bias")
+
+    def __init__(self, num_features, eps=1e-5, affine=False, axis=1, dtype=np.float32):
+        super().__init__()
+        self.num_features = int(num_features)
+        self.eps = _real_positive(eps, "eps")
+        self.axis = axis
+        self.weight = np.ones(self.num_features, dtype) if affine else None
+        self.bias = np.zeros(self.num_features, dtype) if affine else None
+
+    def forward(self, x):
+        """Normalize ``x``; keeps what :meth:`backward` needs."""
+        y, saved = instance_norm(x, self.weight, self.bias, axis=self.axis, eps=self.eps)
+        self._saved = (x, saved)
+        return y
+
+    def backward(self, dy):
+        """Return ``dx``; store ``grads['weight']``, ``grads['bias']``."""
+        x, saved = self._require_forward()
+        dx, dw, db = instance_norm_backward(dy, x, saved, self.weight, axis=self.axis)
+        self._store_grads(weight=dw, bias=db)
+        return dx
+
+    def _describe(self):
+        return f"{self.num_features}, eps={self.eps}"
+
+
+class WeightNorm(_Layer):
+    """A weight reparametrized as ``w = g * v / ||v||``, as
+    ``torch.nn.utils.weight_norm`` (keys ``weight_g``, ``weight_v``).
+
+    ``forward()`` returns the weight ``w``; ``backward(dw)`` takes the
+    gradient of the loss with respect to ``w`` and stores ``grads['weight_g']``
+    and ``grads['weight_v']``.
+
+    Parameters
+    ----------
+    weight : array_like
+        Initial weight; ``weight_v`` starts as a copy and ``weight_g`` as its
+        norm per slice, so ``forward()`` first returns ``weight`` itself.
+    axis : int or None, default 0
+        The axis whose slices get their own magnitude (PyTorch's ``dim``).
+    """
+
+    _param_names = ("weight_g", "weight_v")
+
+    def __init__(self, weight, axis=0):
+        super().__init__()
+        v = np.array(weight, copy=True)
+        if v.dtype.kind != "f":
+            v = v.astype(np.float64)
+        self.axis = axis
+        if axis is None:
+            g_shape = (1,) * v.ndim
+            norm = np.sqrt((v.astype(np.float64) ** 2).sum())
+        else:
+            ax = axis % v.ndim
+            g_shape = tuple(s if i == ax else 1 for i, s in enumerate(v.shape))
+            other = tuple(i for i in range(v.ndim) if i != ax)
+            norm = np.sqrt((v.astype(np.float64) ** 2).sum(axis=other))
+        self.weight_v = v
+        self.weight_g = np.asarray(norm, dtype=v.dtype).reshape(g_shape)
+
+    def forward(self):
+        """The weight ``g * v / ||v||``."""
+        w, saved = weight_norm(self.weight_v, self.weight_g, axis=self.axis)
+        self._saved = saved
+        return w
+
+    def backward(self, dw):
+        """Store ``grads['weight_g']`` and ``grads['weight_v']`` for ``dw``."""
+        saved = self._require_forward()
+        dv, dg = weight_norm_backward(dw, self.weight_v, self.weight_g, saved, axis=self.axis)
+        self._store_grads(weight_g=dg, weight_v=dv)
+
+    def _describe(self):
+        return f"shape={self.weight_v.shape}, axis={self.axis}"
+
+
+def precise_batch_norm_stats(layer, batches):
+    """Set a :class:`BatchNorm`'s running statistics to the exact statistics of
+    all ``batches`` together.
+
+    After training with small batches, the exponential running averages are
+    noisy; this recomputes them from the layer's inputs over a whole pass of
+    data, merging per-batch :class:`Moments` (Chan's formula, float64):
+    ``running_mean`` becomes the mean and ``running_var`` the unbiased
+    variance of every value per channel, as if seen in one batch.
+
+    Parameters
+    ----------
+    layer : BatchNorm
+        A layer with ``track_running_stats=True``.
+    batches : iterable of array_like
+        The layer's inputs, batch by batch.
+
+    Returns
+    -------
+    Moments
+        The merged moments per channel.
+    """
+    if not isinstance(layer, BatchNorm) or not layer.track_running_stats:
+        raise TypeError("precise_batch_norm_stats needs a BatchNorm with track_running_stats=True")
+    total = None
+    for batch in batches:
+        batch = np.asarray(batch)
+        axis = layer.axis % batch.ndim
+        reduce = tuple(i for i in range(batch.ndim) if i != axis)
+        m = moments(batch, axis=reduce)
+        total = m if total is None else total.merge(m)
+    if total is None:
+        raise ValueError("batches is empty")
+    if total.count < 2:
+        raise ValueError("need more than one value per channel")
+    layer.running_mean[...] = total.mean
+    layer.running_var[...] = total.unbiased_var
+    return total

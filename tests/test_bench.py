@@ -1,0 +1,38 @@
+"""The benchmark compares like with like: numbanorm, PyTorch and the NumPy
+baseline of every benchmark case compute the same function."""
+
+import numpy as np
+import pytest
+
+from numbanorm.bench import Case, _rows
+
+torch = pytest.importorskip("torch")
+
+SMALL = {"rows": (16, 96), "nchw": (3, 64, 5, 4), "nhwc": (3, 64, 5, 4)}
+
+
+def _small(norm, layout):
+    return (8, 4, 3, 3) if norm == "weight" else SMALL[layout]
+
+
+@pytest.mark.parametrize(
+    "norm, layout", sorted({(n, lay) for n, lay, _ in _rows()}), ids=lambda v: str(v)
+)
+def test_every_benchmark_case_computes_the_same_thing(norm, layout):
+    case = Case(norm, layout, _small(norm, layout), torch, np.random.default_rng(1), np.float64)
+    ours, ref = case.ours_fwd()[0], case.numpy_fwd()
+    theirs = case.torch_fwd().numpy()
+    d_ours, d_ref = case.ours_bwd()[0], case.numpy_bwd()[0]
+    d_theirs = case.torch_bwd()[0].numpy()
+    if layout == "nhwc":  # PyTorch sees a channels_last NCHW view
+        theirs, d_theirs = theirs.transpose(0, 2, 3, 1), d_theirs.transpose(0, 2, 3, 1)
+    for a, b in [(ours, ref), (ours, theirs), (d_ours, d_ref), (d_ours, d_theirs)]:
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_bench_covers_the_standard_shape_set():
+    rows = _rows()
+    assert len(rows) == 30  # 60 timed rows: forward and backward
+    assert ("layer", "rows", (8192, 4096)) in rows
+    assert ("group", "nhwc", (256, 512, 7, 7)) in rows
+    assert ("weight", "rows", (256, 128, 3, 3)) in rows
