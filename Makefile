@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: test test-cpu test-cuda bench demo docs clean
+.PHONY: test bench demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,14 @@ $(VENV)/.installed-%: pyproject.toml | $(BIN)/python
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q
 
+# numbanorm vs PyTorch on the standard shapes; the table goes to the terminal.
+BENCH_ARGS ?= --json bench.json --plot bench.png
 bench: $(VENV)/.installed-bench
-	$(BIN)/python -m numbanorm.bench $(ARGS)
+	$(BIN)/python -m numbanorm.bench $(BENCH_ARGS)
+
+# Train a NumPy MLP on load_digits with each norm; prints a table, draws the picture.
+demo: $(VENV)/.installed-examples
+	$(BIN)/python examples/compare_norms.py --out examples/compare_norms.png
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

@@ -1,7 +1,7 @@
-from .common import CONV, DTYPES, ROWS, WEIGHT, NormBenchmark
+from .common import CONV, DTYPES, ROWS, WEIGHT, _NormBenchmark
 
 
-class BatchNorm(NormBenchmark):
+class BatchNorm(_NormBenchmark):
     norm = "batch"
     params = [CONV, ["nchw", "nhwc"], DTYPES]
     param_names = ["shape", "layout", "dtype"]

@@ -1,7 +1,7 @@
-from .common import CONV, DTYPES, ROWS, WEIGHT, NormBenchmark
+from .common import CONV, DTYPES, ROWS, WEIGHT, _NormBenchmark
 
 
-class GroupNorm(NormBenchmark):
+class GroupNorm(_NormBenchmark):
     norm = "group"
     params = [CONV, ["nchw", "nhwc"], DTYPES]
     param_names = ["shape", "layout", "dtype"]

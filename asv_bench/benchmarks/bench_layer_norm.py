@@ -1,7 +1,7 @@
-from .common import CONV, DTYPES, ROWS, WEIGHT, NormBenchmark
+from .common import CONV, DTYPES, ROWS, WEIGHT, _NormBenchmark
 
 
-class LayerNorm(NormBenchmark):
+class LayerNorm(_NormBenchmark):
     norm = "layer"
     params = [ROWS, ["rows"], DTYPES]
     param_names = ["shape", "layout", "dtype"]

@@ -1,7 +1,7 @@
-from .common import CONV, DTYPES, ROWS, WEIGHT, NormBenchmark
+from .common import CONV, DTYPES, ROWS, WEIGHT, _NormBenchmark
 
 
-class RmsNorm(NormBenchmark):
+class RmsNorm(_NormBenchmark):
     norm = "rms"
     params = [ROWS, ["rows"], DTYPES]
     param_names = ["shape", "layout", "dtype"]

@@ -1,7 +1,7 @@
-from .common import CONV, DTYPES, ROWS, WEIGHT, NormBenchmark
+from .common import CONV, DTYPES, ROWS, WEIGHT, _NormBenchmark
 
 
-class WeightNorm(NormBenchmark):
+class WeightNorm(_NormBenchmark):
     norm = "weight"
     params = [WEIGHT, ["rows"], DTYPES]
     param_names = ["shape", "layout", "dtype"]
