@@ -27,6 +27,9 @@ CHUNK_ELEMENTS = 1 << 16
 #: partial sums stay small next to the data).
 ROW_BLOCKS = 64
 MIN_ROWS_PER_BLOCK = 16
+#: Group and instance norm run one fused task per sample from this many
+#: samples on (see :func:`sample_forward`).
+SAMPLE_KERNEL_MIN_N = 4
 
 
 def quiet_fp():
@@ -194,6 +197,47 @@ def group_backward(dyk, xk, mean, rstd, weight, batch_stats, param_grads, dxk):
         dyk, xk, mean, rstd, w, beta, gamma, chunk, dxk
     )
     return dweight, dbias
+
+
+def sample_forward(xk, groups, weight, bias, eps, yk):
+    """Group/instance norm forward: statistics per ``(n, group)`` from ``x``
+    itself, then the affine map. Returns float64 ``(mean, rstd)``, ``(N, G)``.
+
+    From ``SAMPLE_KERNEL_MIN_N`` samples on, one fused task per sample (one
+    pass over memory); fewer samples use the chunked kernels so that both
+    threads have work. The choice depends on the shape only.
+    """
+    n, _, c, _ = xk.shape
+    if n < SAMPLE_KERNEL_MIN_N:
+        mean, var = group_moments(xk, groups)
+        rstd = rstd_of(var, eps)
+        group_apply(xk, mean, rstd, weight, bias, yk)
+        return mean, rstd
+    mean = np.empty((n, groups))
+    rstd = np.empty((n, groups))
+    backend.sample_norm_forward.for_size(xk.size)(
+        xk, groups, _param(weight, c, 1.0), _param(bias, c, 0.0), eps, yk, mean, rstd
+    )
+    return mean, rstd
+
+
+def sample_backward(dyk, xk, mean, rstd, weight, param_grads, dxk):
+    """Backward of :func:`sample_forward`; dx into ``dxk``, returns float64
+    ``(dweight, dbias)`` (or Nones)."""
+    n, _, c, _ = xk.shape
+    if n < SAMPLE_KERNEL_MIN_N:
+        return group_backward(dyk, xk, mean, rstd, weight, True, param_grads, dxk)
+    mean, rstd = coefficients(mean), coefficients(rstd)
+    sum_dy = np.empty((n, c))
+    sum_dy_xc = np.empty((n, c))
+    backend.sample_norm_backward.for_size(xk.size)(
+        dyk, xk, mean, rstd, _param(weight, c, 1.0), sum_dy, sum_dy_xc, dxk
+    )
+    if not param_grads:
+        return None, None
+    with quiet_fp():
+        dweight = (sum_dy_xc * _per_channel(rstd, c // mean.shape[1])).sum(axis=0)
+    return dweight, sum_dy.sum(axis=0)
 
 
 # ----------------------------------------------------------- weight norm ---

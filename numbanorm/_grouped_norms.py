@@ -236,10 +236,8 @@ def _grouped_forward(x, groups, weight, bias, axis, eps, out, per_channel):
         )
     out = check_out(out, x.shape, result, {"x": x, "weight": weight, "bias": bias})
     xk = view.to_kernel(x, dtype)
-    mean, var = engine.group_moments(xk, groups)
-    rstd = engine.rstd_of(var, eps)
     yk, finish = view.output(dtype, result, out)
-    engine.group_apply(xk, mean, rstd, w, b, yk)
+    mean, rstd = engine.sample_forward(xk, groups, w, b, eps, yk)
     return finish(), NormStats(mean, rstd, True, bias is not None)
 
 
@@ -261,8 +259,8 @@ def _grouped_backward(dy, x, saved, weight, axis, per_channel):
     rstd = check_stats(rstd, (n, groups), "saved.rstd")
     has_bias = bool(saved.has_bias)
     dxk, finish = view.output(dtype, result, None)
-    dw, db = engine.group_backward(
-        view.to_kernel(dy, dtype), view.to_kernel(x, dtype), mean, rstd, w, True,
+    dw, db = engine.sample_backward(
+        view.to_kernel(dy, dtype), view.to_kernel(x, dtype), mean, rstd, w,
         weight is not None or has_bias, dxk,
     )
     return (finish(), *_param_grads(dw, db, weight, has_bias, result))

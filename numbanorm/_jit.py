@@ -71,3 +71,8 @@ def _cast_like(arr, value):
 
     return impl
 
+
+
+def helper(func):
+    """Compile a loop body shared by several kernels (serial, cached, same flags)."""
+    return njit(cache=True, fastmath=set(FASTMATH), error_model="numpy", nogil=True)(func)

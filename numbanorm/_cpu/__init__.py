@@ -10,6 +10,8 @@ from .channels import (
     channel_backward_apply,
     channel_grad_sums,
     channel_moments,
+    sample_norm_backward,
+    sample_norm_forward,
 )
 from .rows import row_backward, row_forward, row_scale_backward, row_scale_forward
 
@@ -19,6 +21,8 @@ __all__ = [
     "channel_grad_sums",
     "channel_moments",
     "row_backward",
+    "sample_norm_backward",
+    "sample_norm_forward",
     "row_forward",
     "row_scale_backward",
     "row_scale_forward",
