@@ -180,3 +180,22 @@ def test_empty_batch_gives_empty_output(rng):
     assert y.shape == (0, 5) and s.mean.shape == (0,)
     y, s = nn.group_norm(np.zeros((0, 4, 3)), 2)
     assert y.shape == (0, 4, 3) and s.mean.shape == (0, 2)
+
+
+def _omp_policy_after_import(env):
+    import os
+    import subprocess
+    import sys
+
+    code = "import numbanorm, os; print(os.environ.get('OMP_WAIT_POLICY'))"
+    full = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    full.update(env)
+    return subprocess.run(
+        [sys.executable, "-c", code], env=full, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def test_idle_kernel_threads_sleep_unless_the_user_chose_otherwise():
+    """A spinning OpenMP pool starves NumPy's BLAS threads (see _jit.py)."""
+    assert _omp_policy_after_import({}) == "PASSIVE"
+    assert _omp_policy_after_import({"OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE"
