@@ -29,6 +29,9 @@ import os
 from numba import njit
 from numba.extending import overload
 
+#: The user's own setting, before numbanorm's default (the benchmark gives it
+#: back to PyTorch's separate OpenMP runtime).
+USER_OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 FASTMATH = frozenset({"reassoc", "contract"})

@@ -18,6 +18,7 @@ back end and exits cleanly when no GPU is present.
 import argparse
 import json
 import math
+import os
 import sys
 import time
 
@@ -230,12 +231,35 @@ def _time(fns, budget, burst=10):
     return [float(np.median(s)) if s else None for s in samples]
 
 
-def run(only=None, budget=1.0, threads=None, seed=0):
-    """Time every row; returns a list of result dicts."""
+def import_torch():
+    """PyTorch (or None), loaded with the user's own ``OMP_WAIT_POLICY``.
+
+    numbanorm sets ``OMP_WAIT_POLICY=PASSIVE`` for its Numba thread pool
+    (see ``numbanorm._jit``); PyTorch ships its own OpenMP runtime, which
+    reads the variable when it loads, so it is loaded with what the user had:
+    each library runs with its own defaults. Call before any numbanorm kernel
+    has started Numba's pool.
+    """
+    from ._jit import USER_OMP_WAIT_POLICY
+
+    ours = os.environ.get("OMP_WAIT_POLICY")
+    if USER_OMP_WAIT_POLICY is None:
+        os.environ.pop("OMP_WAIT_POLICY", None)
+    else:
+        os.environ["OMP_WAIT_POLICY"] = USER_OMP_WAIT_POLICY
     try:
         import torch
     except ImportError:
         torch = None
+    finally:
+        if ours is not None:
+            os.environ["OMP_WAIT_POLICY"] = ours
+    return torch
+
+
+def run(only=None, budget=1.0, threads=None, seed=0):
+    """Time every row; returns a list of result dicts."""
+    torch = import_torch()
     import numba
 
     threads = threads or numba.get_num_threads()
@@ -299,6 +323,7 @@ def plot(results, path):
     colors = ["tab:green" if v >= 1 else "tab:red" for v in ratios]
     ax.barh(range(len(ratios)), ratios, color=colors)
     ax.axvline(1.0, color="k", lw=0.8)
+    ax.set_xscale("log")
     ax.set_yticks(range(len(labels)), labels, fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("speed-up over PyTorch CPU (PyTorch time / numbanorm time)")

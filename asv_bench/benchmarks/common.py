@@ -8,14 +8,11 @@ here (``bench_compile.py`` measures it).
 
 import numpy as np
 
-from numbanorm.bench import Case
+from numbanorm.bench import Case, import_torch
 
-try:
-    import torch
-
+torch = import_torch()  # None without PyTorch: its rows are skipped
+if torch is not None:
     torch.set_num_threads(2)
-except ImportError:  # PyTorch rows are skipped without it
-    torch = None
 
 DTYPES = ["float32", "float64"]
 # A small, fast grid: ``make bench`` (numbanorm.bench) runs the full shape set.
