@@ -93,6 +93,20 @@ class _Layer:
     def _store_grads(self, **grads):
         self.grads = {k: v for k, v in grads.items() if v is not None}
 
+    def forward(self, x):
+        """Normalize ``x``; keeps what :meth:`backward` needs."""
+        y, saved = self._norm(x)
+        self._saved = (x, saved)
+        return y
+
+    def backward(self, dy):
+        """Return ``dx`` for the last forward's ``x``; store the parameters'
+        gradients in ``grads`` (by parameter name)."""
+        x, saved = self._require_forward()
+        dx, *param_grads = self._norm_backward(dy, x, saved)
+        self._store_grads(**dict(zip(self._param_names, param_grads)))
+        return dx
+
     def __repr__(self):
         return f"{type(self).__name__}({self._describe()})"
 
@@ -140,18 +154,11 @@ class LayerNorm(_Layer):
         self.bias = np.zeros(self.normalized_shape, dtype) if elementwise_affine and bias else None
         self.axis = tuple(range(-len(self.normalized_shape), 0))
 
-    def forward(self, x):
-        """Normalize ``x``; keeps what :meth:`backward` needs."""
-        y, saved = layer_norm(x, self.weight, self.bias, axis=self.axis, eps=self.eps)
-        self._saved = (x, saved)
-        return y
+    def _norm(self, x):
+        return layer_norm(x, self.weight, self.bias, axis=self.axis, eps=self.eps)
 
-    def backward(self, dy):
-        """Return ``dx``; store ``grads['weight']``, ``grads['bias']``."""
-        x, saved = self._require_forward()
-        dx, dw, db = layer_norm_backward(dy, x, saved, self.weight, axis=self.axis)
-        self._store_grads(weight=dw, bias=db)
-        return dx
+    def _norm_backward(self, dy, x, saved):
+        return layer_norm_backward(dy, x, saved, self.weight, axis=self.axis)
 
     def _describe(self):
         return f"{self.normalized_shape}, eps={self.eps}"
@@ -192,18 +199,11 @@ class RMSNorm(_Layer):
         dtype = np.asarray(x).dtype
         return float(np.finfo(dtype if dtype.kind == "f" else np.float64).eps)
 
-    def forward(self, x):
-        """Normalize ``x``; keeps what :meth:`backward` needs."""
-        y, saved = rms_norm(x, self.weight, axis=self.axis, eps=self._eps_for(x))
-        self._saved = (x, saved)
-        return y
+    def _norm(self, x):
+        return rms_norm(x, self.weight, axis=self.axis, eps=self._eps_for(x))
 
-    def backward(self, dy):
-        """Return ``dx``; store ``grads['weight']``."""
-        x, saved = self._require_forward()
-        dx, dw = rms_norm_backward(dy, x, saved, self.weight, axis=self.axis)
-        self._store_grads(weight=dw)
-        return dx
+    def _norm_backward(self, dy, x, saved):
+        return rms_norm_backward(dy, x, saved, self.weight, axis=self.axis)
 
     def _describe(self):
         return f"{self.normalized_shape}, eps={self.eps}"
@@ -280,12 +280,11 @@ class BatchNorm(_RunningStatsNorm):
                  track_running_stats=True, axis=1, dtype=np.float32):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, axis, dtype)
 
-    def forward(self, x):
-        """Normalize ``x``; keeps what :meth:`backward` needs."""
+    def _norm(self, x):
         use_batch = self.training or not self.track_running_stats
         update = self.training and self.track_running_stats
         running = update or not use_batch
-        y, saved = batch_norm(
+        out = batch_norm(
             x, self.weight, self.bias, axis=self.axis, eps=self.eps, training=use_batch,
             running_mean=self.running_mean if running else None,
             running_var=self.running_var if running else None,
@@ -293,15 +292,10 @@ class BatchNorm(_RunningStatsNorm):
         )
         if update:  # counted only once batch_norm has accepted the batch
             self.num_batches_tracked += 1
-        self._saved = (x, saved)
-        return y
+        return out
 
-    def backward(self, dy):
-        """Return ``dx``; store ``grads['weight']``, ``grads['bias']``."""
-        x, saved = self._require_forward()
-        dx, dw, db = batch_norm_backward(dy, x, saved, self.weight, axis=self.axis)
-        self._store_grads(weight=dw, bias=db)
-        return dx
+    def _norm_backward(self, dy, x, saved):
+        return batch_norm_backward(dy, x, saved, self.weight, axis=self.axis)
 
     def _describe(self):
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, axis={self.axis}"
@@ -341,18 +335,13 @@ class GroupNorm(_Layer):
         self.weight = np.ones(self.num_channels, dtype) if affine else None
         self.bias = np.zeros(self.num_channels, dtype) if affine else None
 
-    def forward(self, x):
-        """Normalize ``x``; keeps what :meth:`backward` needs."""
-        y, saved = group_norm(x, self.num_groups, self.weight, self.bias, axis=self.axis, eps=self.eps)
-        self._saved = (x, saved)
-        return y
+    def _norm(self, x):
+        return group_norm(
+            x, self.num_groups, self.weight, self.bias, axis=self.axis, eps=self.eps
+        )
 
-    def backward(self, dy):
-        """Return ``dx``; store ``grads['weight']``, ``grads['bias']``."""
-        x, saved = self._require_forward()
-        dx, dw, db = group_norm_backward(dy, x, saved, self.weight, axis=self.axis)
-        self._store_grads(weight=dw, bias=db)
-        return dx
+    def _norm_backward(self, dy, x, saved):
+        return group_norm_backward(dy, x, saved, self.weight, axis=self.axis)
 
     def _describe(self):
         return f"{self.num_groups}, {self.num_channels}, eps={self.eps}"
@@ -387,18 +376,11 @@ class InstanceNorm(_Layer):
         self.weight = np.ones(self.num_features, dtype) if affine else None
         self.bias = np.zeros(self.num_features, dtype) if affine else None
 
-    def forward(self, x):
-        """Normalize ``x``; keeps what :meth:`backward` needs."""
-        y, saved = instance_norm(x, self.weight, self.bias, axis=self.axis, eps=self.eps)
-        self._saved = (x, saved)
-        return y
+    def _norm(self, x):
+        return instance_norm(x, self.weight, self.bias, axis=self.axis, eps=self.eps)
 
-    def backward(self, dy):
-        """Return ``dx``; store ``grads['weight']``, ``grads['bias']``."""
-        x, saved = self._require_forward()
-        dx, dw, db = instance_norm_backward(dy, x, saved, self.weight, axis=self.axis)
-        self._store_grads(weight=dw, bias=db)
-        return dx
+    def _norm_backward(self, dy, x, saved):
+        return instance_norm_backward(dy, x, saved, self.weight, axis=self.axis)
 
     def _describe(self):
         return f"{self.num_features}, eps={self.eps}"
