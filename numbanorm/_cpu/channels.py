@@ -262,26 +262,32 @@ def sample_norm_forward(x, groups, weight, bias, eps, y, mean, rstd):
     N, P, C, Q = x.shape
     cg = C // groups
     count = P * Q * cg
+    # Channels first: a group's channels are contiguous, so reduce each group
+    # as one run of cg * Q values (rather than cg runs of Q).
+    flat = P == 1 and cg > 1
+    xs = x.reshape((N, 1, groups, cg * Q)) if flat else x
+    width = groups if flat else C
+    per = 1 if flat else cg
     for n in prange(N):
-        sh = np.empty(C)
-        for c in range(C):
-            sh[c] = np.float64(x[n, 0, (c // cg) * cg, 0])
-        s1 = np.zeros(C)
-        s2 = np.zeros(C)
-        _add_moments(x, n, 0, P, sh, s1, s2)
+        sh = np.empty(width)
+        for c in range(width):
+            sh[c] = np.float64(x[n, 0, (c // per) * cg if not flat else c * cg, 0])
+        s1 = np.zeros(width)
+        s2 = np.zeros(width)
+        _add_moments(xs, n, 0, xs.shape[1], sh, s1, s2)
         a = np.empty(C, x.dtype)
         b = np.empty(C, x.dtype)
         for g in range(groups):
             t1 = 0.0
             t2 = 0.0
-            for c in range(g * cg, (g + 1) * cg):
+            for c in range(g * per, (g + 1) * per):
                 t1 += s1[c]
                 t2 += s2[c]
             m = t1 / count
             var = t2 / count - m * m
             if var < 0.0:
                 var = 0.0
-            mean[n, g] = sh[g * cg] + m
+            mean[n, g] = sh[g * per] + m
             rstd[n, g] = 1.0 / np.sqrt(var + eps)
         hi = np.empty(C, x.dtype)
         lo = np.empty(C, x.dtype)
