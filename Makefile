@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: test bench demo clean
+.PHONY: test bench demo docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ bench: $(VENV)/.installed-bench
 # Train a NumPy MLP on load_digits with each norm; prints a table, draws the picture.
 demo: $(VENV)/.installed-examples
 	$(BIN)/python examples/compare_norms.py --out examples/compare_norms.png
+
+# The documentation site, HTML in docs/_build/html; warnings are errors.
+docs: $(VENV)/.installed-docs
+	$(BIN)/python -m sphinx -W -b html docs docs/_build/html
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
