@@ -25,6 +25,7 @@ once:
 """
 
 import os
+import types
 
 from numba import njit
 from numba.extending import overload
@@ -50,14 +51,33 @@ def _compile(func, parallel):
     )(func)
 
 
+def _renamed(func, suffix):
+    """A copy of ``func`` under another qualified name.
+
+    Numba names a function's cache file after its qualified name and line, and
+    its cache key does not include ``parallel``: two builds of one function
+    would share cache entries and load each other's code (measured: the serial
+    layer norm on 8x64 ran the parallel code, 50 us instead of 0.6 us).
+    """
+    copy = types.FunctionType(
+        func.__code__, func.__globals__, func.__name__ + suffix, func.__defaults__,
+        func.__closure__,
+    )
+    copy.__qualname__ = func.__qualname__ + suffix
+    copy.__doc__ = func.__doc__
+    copy.__module__ = func.__module__
+    return copy
+
+
 class Kernel:
-    """A kernel's parallel and serial builds (compiled lazily, cached on disk)."""
+    """A kernel's parallel and serial builds (compiled lazily, cached on disk
+    under separate names)."""
 
     def __init__(self, func):
         self.__wrapped__ = func
         self.__doc__ = func.__doc__
         self.parallel = _compile(func, parallel=True)
-        self.serial = _compile(func, parallel=False)
+        self.serial = _compile(_renamed(func, "_serial"), parallel=False)
 
     def for_size(self, elements):
         """The build to run for an input of ``elements`` elements."""

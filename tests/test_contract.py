@@ -199,3 +199,30 @@ def test_idle_kernel_threads_sleep_unless_the_user_chose_otherwise():
     """A spinning OpenMP pool starves NumPy's BLAS threads (see _jit.py)."""
     assert _omp_policy_after_import({}) == "PASSIVE"
     assert _omp_policy_after_import({"OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE"
+
+
+def test_serial_and_parallel_builds_never_load_each_others_cached_code():
+    """Numba's cache key ignores ``parallel``: the two builds of a kernel must be
+    cached under different names, or a small input loaded from the cache could
+    run the parallel code (and start the thread pool) instead of the serial one."""
+    import subprocess
+    import sys
+
+    both = (
+        "import numpy as np; from numbanorm._cpu import rows\n"
+        "x = np.ones((4, 8), np.float32); w = np.ones(8, np.float32)\n"
+        "args = (x, w, w, 1e-5, True, np.empty_like(x), np.empty(4), np.empty(4))\n"
+        "rows.row_forward.parallel(*args); rows.row_forward.serial(*args)\n"
+    )
+    only_serial = (
+        "import numpy as np, numba; from numbanorm._cpu import rows\n"
+        "x = np.ones((4, 8), np.float32); w = np.ones(8, np.float32)\n"
+        "rows.row_forward.serial(x, w, w, 1e-5, True, np.empty_like(x), np.empty(4), np.empty(4))\n"
+        "try:\n    numba.threading_layer(); print('parallel code ran')\n"
+        "except ValueError:\n    print('serial only')\n"
+    )
+    subprocess.run([sys.executable, "-c", both], check=True)  # both builds now cached
+    out = subprocess.run(
+        [sys.executable, "-c", only_serial], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    assert out == "serial only"
