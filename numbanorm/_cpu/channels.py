@@ -293,9 +293,9 @@ def sample_norm_forward(x, groups, weight, bias, eps, y, mean, rstd):
     width = groups if flat else C
     per = 1 if flat else cg
     for n in prange(N):
-        sh = np.empty(width)
+        sh = np.empty(width)  # column c of xs belongs to group c // per
         for c in range(width):
-            sh[c] = np.float64(x[n, 0, (c // per) * cg if not flat else c * cg, 0])
+            sh[c] = np.float64(x[n, 0, (c // per) * cg, 0])
         s1 = np.zeros(width)
         s2 = np.zeros(width)
         _add_moments(xs, n, 0, xs.shape[1], sh, s1, s2)
