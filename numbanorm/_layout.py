@@ -52,6 +52,8 @@ def compute_dtype(result):
 
 def as_array(x, name="x"):
     """``x`` as a NumPy array; device arrays and non-arrays are refused clearly."""
+    if type(x) is np.ndarray:  # the common case, fast
+        return x
     if hasattr(x, "__cuda_array_interface__"):
         raise TypeError(f"{name} is a device array: {_DEVICE_HINT}")
     if isinstance(x, np.ndarray):
@@ -98,6 +100,8 @@ def _normalize_axes(axes, ndim, name):
 
 def check_eps(eps, name="eps"):
     """``eps`` as a float; it must be a finite, non-negative real number."""
+    if type(eps) is float and 0.0 <= eps < math.inf:  # the common case, fast
+        return eps
     if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {eps!r}")
     eps = float(eps)
