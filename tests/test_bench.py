@@ -36,3 +36,14 @@ def test_bench_covers_the_standard_shape_set():
     assert ("layer", "rows", (8192, 4096)) in rows
     assert ("group", "nhwc", (256, 512, 7, 7)) in rows
     assert ("weight", "rows", (256, 128, 3, 3)) in rows
+
+
+def test_gpu_bench_skips_cleanly_without_a_gpu(capsys):
+    from numba import cuda
+
+    from numbanorm.bench import main
+
+    if cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert main(["--device", "cuda"]) == 0
+    assert "no CUDA GPU available" in capsys.readouterr().out
