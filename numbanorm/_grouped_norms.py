@@ -16,7 +16,7 @@ from ._layout import (
     check_stats,
     compute_dtype,
     normalize_axis,
-    param_grad_dtype,
+    param_grads,
     require_nonempty_reduction,
     result_dtype,
 )
@@ -36,18 +36,6 @@ def _prepare(x, axis, weight, bias, batched):
     b = check_param(bias, (channels,), "bias")
     view = channel_view(x.shape, axis, batched)
     return x, result, compute_dtype(result), w, b, view
-
-
-def _grad_dtype(weight, result):
-    return param_grad_dtype(weight) if weight is not None else result
-
-
-def _param_grads(dw, db, weight, has_bias, result):
-    dtype = _grad_dtype(weight, result)
-    return (
-        dw.astype(dtype) if weight is not None else None,
-        db.astype(dtype) if has_bias else None,
-    )
 
 
 # ------------------------------------------------------------ batch norm ---
@@ -207,7 +195,7 @@ def batch_norm_backward(dy, x, saved, weight=None, *, axis=1):
         view.to_kernel(dy, dtype), view.to_kernel(x, dtype), mean[None], rstd[None], w,
         bool(saved.training), weight is not None or has_bias, dxk,
     )
-    return (finish(), *_param_grads(dw, db, weight, has_bias, result))
+    return (finish(), *param_grads(dw, db, weight, has_bias, result, (view.kshape[2],)))
 
 
 # ----------------------------------------------- group and instance norm ---
@@ -263,7 +251,7 @@ def _grouped_backward(dy, x, saved, weight, axis, per_channel):
         view.to_kernel(dy, dtype), view.to_kernel(x, dtype), mean, rstd, w,
         weight is not None or has_bias, dxk,
     )
-    return (finish(), *_param_grads(dw, db, weight, has_bias, result))
+    return (finish(), *param_grads(dw, db, weight, has_bias, result, (view.kshape[2],)))
 
 
 def group_norm(x, num_groups, weight=None, bias=None, *, axis=1, eps=1e-5, out=None):

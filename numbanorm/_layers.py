@@ -18,7 +18,7 @@ from ._grouped_norms import (
     instance_norm,
     instance_norm_backward,
 )
-from ._moments import Moments, moments
+from ._moments import moments
 from ._row_norms import layer_norm, layer_norm_backward, rms_norm, rms_norm_backward
 from ._weight_norm import weight_norm, weight_norm_backward
 

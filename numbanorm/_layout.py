@@ -4,7 +4,8 @@ A public function validates its arguments here, maps ``x`` to one of the two
 kernel shapes and hands the back end C-contiguous, read-only arrays:
 
 * a **row view** ``(rows, length)``: the normalized axes moved last
-  (layer norm, RMS norm; weight norm and moments use it as ``(rows, 1, 1, L)``);
+  (layer, RMS and weight norm; :func:`numbanorm.moments` uses it as
+  ``(rows, 1, 1, L)``);
 * a **channel view** ``(N, P, C, Q)``: ``N`` the batch axis (1 for batch
   norm), ``C`` the channel axis, ``P`` the axes between them and ``Q`` the
   axes after it. It is a plain reshape, so C-contiguous input is not copied.
@@ -127,6 +128,17 @@ def param_grad_dtype(p):
     return result_dtype(as_array(p, "parameter"))
 
 
+def param_grads(dweight, dbias, weight, has_bias, result, shape):
+    """Affine-parameter gradients as returned to the caller: shaped ``shape``,
+    in the weight's dtype (the result's without a weight), ``None`` for a
+    parameter the forward pass did not have."""
+    dtype = param_grad_dtype(weight) if weight is not None else result
+    return (
+        dweight.reshape(shape).astype(dtype) if weight is not None else None,
+        dbias.reshape(shape).astype(dtype) if has_bias else None,
+    )
+
+
 def check_like(a, shape, dtype, name, like="x"):
     """``a`` must be an array with ``like``'s shape and the expected dtype."""
     a = as_array(a, name)
@@ -186,18 +198,20 @@ class View(NamedTuple):
     identity: bool  # perm is the identity: the kernel array is a reshape of x
 
     def to_kernel(self, a, dtype):
-        """``a`` (shaped like x) as a C-contiguous kernel array of ``dtype``.
+        """``a`` (shaped like x) as a C-contiguous, read-only kernel array.
 
-        Copies only when ``a`` is strided, transposed, of another dtype or
-        read-only: Numba compiles loads from read-only arrays markedly slower
-        (measured 2x on layer norm), and one writeable type per dtype means one
-        compiled specialization. Kernels never write to their inputs.
+        Copies only when ``a`` is strided, transposed or of another dtype.
+        The result is a read-only view (``a`` itself is untouched), so one
+        compiled specialization serves writeable and read-only inputs alike,
+        and kernels cannot write to their inputs.
         """
         if not (self.identity and a.dtype == dtype and a.flags.c_contiguous):
             a = np.ascontiguousarray(a.transpose(self.perm) if not self.identity else a, dtype)
-        if not a.flags.writeable:
-            a = a.copy()
-        return a.reshape(self.kshape)
+        k = a.reshape(self.kshape)
+        if k is a:
+            k = a.view()
+        k.flags.writeable = False
+        return k
 
     def output(self, dtype, result, out):
         """A kernel-shaped buffer to write into, and a function giving the result.
@@ -229,13 +243,9 @@ def _view(shape, perm, kshape):
 
 
 def coefficients(a, dtype=np.float64):
-    """A small array (statistics, coefficients) as a C-contiguous, *writeable*
-    kernel argument of ``dtype``.
-
-    Kernels only read it; it is writeable because Numba compiles loads from
-    read-only arrays less well (measured: channels-last moments 2.5x slower
-    with a read-only ``shift``). Only the large inputs are passed read-only.
-    """
+    """A small array (statistics, coefficients) as a C-contiguous, writeable
+    kernel argument of ``dtype``: one type for every call, whatever the
+    caller's array was (a read-only one is copied; these arrays are tiny)."""
     a = np.ascontiguousarray(a, dtype=dtype)
     return a if a.flags.writeable else a.copy()
 

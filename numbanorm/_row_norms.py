@@ -12,7 +12,7 @@ from ._layout import (
     check_stats,
     compute_dtype,
     normalize_axes,
-    param_grad_dtype,
+    param_grads,
     require_nonempty_reduction,
     result_dtype,
     row_view,
@@ -56,16 +56,13 @@ def _backward(dy, x, saved, weight, axis, center, has_bias):
         mean = check_stats(saved.mean, stat_shape, "saved.mean")
     else:
         mean = np.zeros_like(rstd)
-    param_grads = weight is not None or has_bias
+    need_param_grads = weight is not None or has_bias
     dxk, finish = view.output(dtype, result, None)
     dw, db = engine.row_backward(
         view.to_kernel(dy, dtype), view.to_kernel(x, dtype), mean.ravel(), rstd.ravel(),
-        w, center, param_grads, dxk,
+        w, center, need_param_grads, dxk,
     )
-    grad_dtype = param_grad_dtype(weight) if weight is not None else result
-    dweight = dw.reshape(pshape).astype(grad_dtype) if weight is not None else None
-    dbias = db.reshape(pshape).astype(grad_dtype) if has_bias else None
-    return finish(), dweight, dbias
+    return (finish(), *param_grads(dw, db, weight, has_bias, result, pshape))
 
 
 def layer_norm(x, weight=None, bias=None, *, axis=-1, eps=1e-5, out=None):

@@ -55,8 +55,6 @@ class Case:
             dy = np.ascontiguousarray(dy.transpose(0, 2, 3, 1))
         self.x, self.dy = x, dy
         self.y_floor = np.empty_like(x)
-        self.bytes_fwd = 2 * x.nbytes
-        self.bytes_bwd = 3 * x.nbytes
         c = shape[1] if norm in ("batch", "group", "instance") else shape[-1]
         self.axis = -1 if layout == "nhwc" else 1
         self.w = (1.0 + 0.1 * rng.standard_normal(c if norm != "weight" else shape[0])).astype(dtype)

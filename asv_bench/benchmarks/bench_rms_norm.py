@@ -1,4 +1,4 @@
-from .common import CONV, DTYPES, ROWS, WEIGHT, _NormBenchmark
+from .common import DTYPES, ROWS, _NormBenchmark
 
 
 class RmsNorm(_NormBenchmark):
