@@ -17,7 +17,6 @@ arrays are built on the host.
 import numpy as np
 
 from . import _cpu as backend
-from ._layout import coefficients
 
 #: Elements one channel-kernel task handles (at least one ``P`` index); fixed,
 #: so the split and hence every result depends on the shape only.
@@ -30,6 +29,56 @@ MIN_ROWS_PER_BLOCK = 16
 #: Group and instance norm run one fused task per sample from this many
 #: samples on (see :func:`sample_forward`).
 SAMPLE_KERNEL_MIN_N = 4
+
+
+def coefficients(a, dtype=np.float64):
+    """A small array (statistics, coefficients) as a C-contiguous, writeable
+    kernel argument of ``dtype``: one type for every call, whatever the
+    caller's array was (a read-only one is copied; these arrays are tiny)."""
+    a = np.ascontiguousarray(a, dtype=dtype)
+    return a if a.flags.writeable else a.copy()
+
+
+# ------------------------------------------- array steps (both engines) ---
+# The public functions call these through the engine of x's back end
+# (numbanorm._layout.engine_for); numbanorm._cuda.engine has the same ones.
+
+
+def to_kernel(view, a, dtype):
+    """``a`` (shaped like x) as a C-contiguous, read-only kernel array."""
+    return view.to_kernel(a, dtype)
+
+
+def output(view, dtype, result, out):
+    """A kernel-shaped buffer and a function giving the result."""
+    return view.output(dtype, result, out)
+
+
+def stats(a):
+    """A saved statistic as a contiguous float64 array."""
+    return np.ascontiguousarray(a, dtype=np.float64)
+
+
+def float64_copy(a):
+    """A float64 copy of ``a`` (running statistics in eval mode)."""
+    return a.astype(np.float64)
+
+
+def cast(a, dtype):
+    """``a`` as a new array of ``dtype``."""
+    return a.astype(dtype)
+
+
+def zeros(n):
+    """``n`` float64 zeros."""
+    return np.zeros(n)
+
+
+def running_update(running_mean, running_var, mean, var, momentum, unbiased):
+    """``running = (1 - momentum) * running + momentum * batch`` in place, with
+    the batch variance scaled by ``unbiased = M / (M - 1)``."""
+    running_mean[...] = (1.0 - momentum) * running_mean + momentum * mean
+    running_var[...] = (1.0 - momentum) * running_var + momentum * (var * unbiased)
 
 
 def quiet_fp():
@@ -246,7 +295,7 @@ def sample_backward(dyk, xk, mean, rstd, weight, param_grads, dxk):
 def weight_norm_forward(vk, g, wk):
     """``w = g[r] * v / ||v[r]||`` per row of ``vk``; returns float64 ``1/||v||``."""
     rstd = np.empty(vk.shape[0])
-    backend.row_scale_forward.for_size(vk.size)(vk, coefficients(g), wk, rstd)
+    backend.row_scale_forward.for_size(vk.size)(vk, coefficients(g.reshape(-1)), wk, rstd)
     return rstd
 
 
@@ -254,6 +303,6 @@ def weight_norm_backward(dwk, vk, g, rstd, dvk):
     """dv into ``dvk``; returns float64 ``dg`` per row."""
     dg = np.empty(vk.shape[0])
     backend.row_scale_backward.for_size(vk.size)(
-        dwk, vk, coefficients(g), coefficients(rstd), dvk, dg
+        dwk, vk, coefficients(g.reshape(-1)), coefficients(rstd), dvk, dg
     )
     return dg

@@ -5,9 +5,9 @@ import numbers
 
 import numpy as np
 
-from . import _engine as engine
 from ._layout import (
     as_array,
+    as_input,
     channel_view,
     check_eps,
     check_like,
@@ -15,44 +15,50 @@ from ._layout import (
     check_param,
     check_stats,
     compute_dtype,
+    engine_for,
     normalize_axis,
     param_grads,
     require_nonempty_reduction,
     result_dtype,
+    shares_memory,
+    writeable,
 )
 from ._types import NormStats
 
 
 def _prepare(x, axis, weight, bias, batched):
-    x = as_array(x, "x")
+    x, device = as_input(x, "x")
     result = result_dtype(x, "x")
+    shape = tuple(x.shape)
     if batched and x.ndim < 2:
-        raise ValueError(f"x must have a batch axis and a channel axis, got shape {x.shape}")
+        raise ValueError(f"x must have a batch axis and a channel axis, got shape {shape}")
     axis = normalize_axis(axis, x.ndim)
     if batched and axis == 0:
         raise ValueError("axis=0 is the batch axis; the channel axis must be another axis")
-    channels = x.shape[axis]
-    w = check_param(weight, (channels,), "weight")
-    b = check_param(bias, (channels,), "bias")
-    view = channel_view(x.shape, axis, batched)
-    return x, result, compute_dtype(result), w, b, view
+    channels = shape[axis]
+    w = check_param(weight, (channels,), "weight", device)
+    b = check_param(bias, (channels,), "bias", device)
+    view = channel_view(shape, axis, batched)
+    return x, device, result, compute_dtype(result), w, b, view
 
 
 # ------------------------------------------------------------ batch norm ---
 
 
-def _check_running(a, channels, name, x):
+def _check_running(a, channels, name, x, device):
     if a is None:
         return None
-    if not isinstance(a, np.ndarray):
+    if device:
+        a = as_array(a, name, device)
+    elif not isinstance(a, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray (it is updated in place)")
     if a.dtype.kind != "f":
         raise TypeError(f"{name} must be a float array, got dtype {a.dtype}")
-    if a.shape != (channels,):
-        raise ValueError(f"{name} must have shape ({channels},), got {a.shape}")
-    if not a.flags.writeable:
+    if tuple(a.shape) != (channels,):
+        raise ValueError(f"{name} must have shape ({channels},), got {tuple(a.shape)}")
+    if not writeable(a, device):
         raise ValueError(f"{name} is read-only, but training mode updates it in place")
-    if np.may_share_memory(a, x):
+    if shares_memory(a, x, device):
         raise ValueError(f"{name} must not share memory with x")
     return a
 
@@ -110,7 +116,9 @@ def batch_norm(
     saved : NormStats
         ``mean``/``rstd`` per channel (float64) and ``training``.
     """
-    x, result, dtype, w, b, view = _prepare(x, axis, weight, bias, batched=False)
+    x, device, result, dtype, w, b, view = _prepare(x, axis, weight, bias, batched=False)
+    engine = engine_for(device)
+    shape = view.shape
     channels = view.kshape[2]
     eps = check_eps(eps)
     if not isinstance(training, (bool, np.bool_)):
@@ -121,37 +129,38 @@ def batch_norm(
         raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must be given together")
-    running_mean = _check_running(running_mean, channels, "running_mean", x)
-    running_var = _check_running(running_var, channels, "running_var", x)
+    running_mean = _check_running(running_mean, channels, "running_mean", x, device)
+    running_var = _check_running(running_var, channels, "running_var", x, device)
+    if running_mean is not None and shares_memory(running_mean, running_var, device):
+        raise ValueError("running_mean and running_var must not share memory")
     count = view.kshape[1] * view.kshape[3]
-    require_nonempty_reduction(count, f"channel axis {axis} of shape {x.shape}")
+    require_nonempty_reduction(count, f"channel axis {axis} of shape {shape}")
     if training and count == 1:
         raise ValueError(
             f"batch norm in training mode needs more than 1 value per channel, "
-            f"got input shape {x.shape}"
+            f"got input shape {shape}"
         )
     if not training and running_mean is None:
         raise ValueError("eval mode (training=False) needs running_mean and running_var")
     out = check_out(
-        out, x.shape, result,
-        {"x": x, "weight": weight, "bias": bias,
+        out, shape, result,
+        {"x": x, "weight": w, "bias": b,
          "running_mean": running_mean, "running_var": running_var},
+        device=device,
     )
 
-    xk = view.to_kernel(x, dtype)
+    xk = engine.to_kernel(view, x, dtype)
     if training:
         mean, var = engine.group_moments(xk, channels)
-        mean, var = mean[0], var[0]
+        mean, var = mean.reshape(channels), var.reshape(channels)
     else:
-        mean = running_mean.astype(np.float64)
-        var = running_var.astype(np.float64)
+        mean = engine.float64_copy(running_mean)
+        var = engine.float64_copy(running_var)
     rstd = engine.rstd_of(var, eps)
-    yk, finish = view.output(dtype, result, out)
-    engine.group_apply(xk, mean[None], rstd[None], w, b, yk)
+    yk, finish = engine.output(view, dtype, result, out)
+    engine.group_apply(xk, mean.reshape(1, channels), rstd.reshape(1, channels), w, b, yk)
     if training and running_mean is not None:
-        unbiased = var * (count / (count - 1))
-        running_mean[...] = (1.0 - momentum) * running_mean + momentum * mean
-        running_var[...] = (1.0 - momentum) * running_var + momentum * unbiased
+        engine.running_update(running_mean, running_var, mean, var, momentum, count / (count - 1))
     return finish(), NormStats(mean, rstd, bool(training), bias is not None)
 
 
@@ -184,18 +193,20 @@ def batch_norm_backward(dy, x, saved, weight=None, *, axis=1):
     dweight, dbias : ndarray or None
         Gradients of the affine parameters (None when absent).
     """
-    x, result, dtype, w, _, view = _prepare(x, axis, weight, None, batched=False)
+    x, device, result, dtype, w, _, view = _prepare(x, axis, weight, None, batched=False)
+    engine = engine_for(device)
     channels = view.kshape[2]
-    dy = check_like(dy, x.shape, result, "dy")
-    mean = check_stats(saved.mean, (channels,), "saved.mean")
-    rstd = check_stats(saved.rstd, (channels,), "saved.rstd")
+    dy = check_like(dy, view.shape, result, "dy", device=device)
+    mean = check_stats(saved.mean, (channels,), "saved.mean", engine, device)
+    rstd = check_stats(saved.rstd, (channels,), "saved.rstd", engine, device)
     has_bias = bool(saved.has_bias)
-    dxk, finish = view.output(dtype, result, None)
+    dxk, finish = engine.output(view, dtype, result, None)
     dw, db = engine.group_backward(
-        view.to_kernel(dy, dtype), view.to_kernel(x, dtype), mean[None], rstd[None], w,
+        engine.to_kernel(view, dy, dtype), engine.to_kernel(view, x, dtype),
+        mean.reshape(1, channels), rstd.reshape(1, channels), w,
         bool(saved.training), weight is not None or has_bias, dxk,
     )
-    return (finish(), *param_grads(dw, db, weight, has_bias, result, (view.kshape[2],)))
+    return (finish(), *param_grads(engine, dw, db, w, has_bias, result, (channels,)))
 
 
 # ----------------------------------------------- group and instance norm ---
@@ -213,45 +224,47 @@ def _check_groups(num_groups, channels):
 
 
 def _grouped_forward(x, groups, weight, bias, axis, eps, out, per_channel):
-    x, result, dtype, w, b, view = _prepare(x, axis, weight, bias, batched=True)
+    x, device, result, dtype, w, b, view = _prepare(x, axis, weight, bias, batched=True)
+    engine = engine_for(device)
     n, p, channels, q = view.kshape
     groups = channels if per_channel else _check_groups(groups, channels)
     eps = check_eps(eps)
-    require_nonempty_reduction(p * q * (channels // max(groups, 1)), f"shape {x.shape}")
+    require_nonempty_reduction(p * q * (channels // max(groups, 1)), f"shape {view.shape}")
     if per_channel and p * q == 1:
         raise ValueError(
-            f"instance norm needs more than 1 spatial element per channel, got shape {x.shape}"
+            f"instance norm needs more than 1 spatial element per channel, got shape {view.shape}"
         )
-    out = check_out(out, x.shape, result, {"x": x, "weight": weight, "bias": bias})
-    xk = view.to_kernel(x, dtype)
-    yk, finish = view.output(dtype, result, out)
+    out = check_out(out, view.shape, result, {"x": x, "weight": w, "bias": b}, device=device)
+    xk = engine.to_kernel(view, x, dtype)
+    yk, finish = engine.output(view, dtype, result, out)
     mean, rstd = engine.sample_forward(xk, groups, w, b, eps, yk)
     return finish(), NormStats(mean, rstd, True, bias is not None)
 
 
 def _grouped_backward(dy, x, saved, weight, axis, per_channel):
-    x, result, dtype, w, _, view = _prepare(x, axis, weight, None, batched=True)
+    x, device, result, dtype, w, _, view = _prepare(x, axis, weight, None, batched=True)
+    engine = engine_for(device)
     n, _, channels, _ = view.kshape
-    dy = check_like(dy, x.shape, result, "dy")
-    rstd = as_array(saved.rstd, "saved.rstd")
+    dy = check_like(dy, view.shape, result, "dy", device=device)
+    rstd = as_array(saved.rstd, "saved.rstd", device)
     if per_channel:
         groups = channels
-    elif rstd.ndim == 2 and rstd.shape[1] >= 1 and channels % rstd.shape[1] == 0:
+    elif len(rstd.shape) == 2 and rstd.shape[1] >= 1 and channels % rstd.shape[1] == 0:
         groups = rstd.shape[1]
     else:
         raise ValueError(
-            f"saved.rstd has shape {rstd.shape}, expected (N, num_groups) with "
+            f"saved.rstd has shape {tuple(rstd.shape)}, expected (N, num_groups) with "
             f"num_groups dividing C={channels}"
         )
-    mean = check_stats(saved.mean, (n, groups), "saved.mean")
-    rstd = check_stats(rstd, (n, groups), "saved.rstd")
+    mean = check_stats(saved.mean, (n, groups), "saved.mean", engine, device)
+    rstd = check_stats(rstd, (n, groups), "saved.rstd", engine, device)
     has_bias = bool(saved.has_bias)
-    dxk, finish = view.output(dtype, result, None)
+    dxk, finish = engine.output(view, dtype, result, None)
     dw, db = engine.sample_backward(
-        view.to_kernel(dy, dtype), view.to_kernel(x, dtype), mean, rstd, w,
+        engine.to_kernel(view, dy, dtype), engine.to_kernel(view, x, dtype), mean, rstd, w,
         weight is not None or has_bias, dxk,
     )
-    return (finish(), *param_grads(dw, db, weight, has_bias, result, (view.kshape[2],)))
+    return (finish(), *param_grads(engine, dw, db, w, has_bias, result, (channels,)))
 
 
 def group_norm(x, num_groups, weight=None, bias=None, *, axis=1, eps=1e-5, out=None):

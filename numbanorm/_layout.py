@@ -20,10 +20,50 @@ from typing import NamedTuple
 
 import numpy as np
 
-_DEVICE_HINT = (
-    "numbanorm's CUDA back end is not available in this build; "
-    "pass NumPy arrays (or copy the data to the host first)"
+from . import _engine
+
+_MIXED = (
+    "{name} is {what} array but x is {other}: every array of one call must be on "
+    "the same device (NumPy arrays on the host, or device arrays)"
 )
+
+
+# -------------------------------------------------------------- devices ---
+
+
+def is_device_array(a):
+    """Whether ``a`` is a GPU array: it exposes ``__cuda_array_interface__``
+    (Numba, CuPy, PyTorch CUDA) or is a Numba CUDA-simulator array."""
+    return hasattr(a, "__cuda_array_interface__") or bool(
+        getattr(type(a), "__cuda_ndarray__", False)
+    )
+
+
+def engine_for(device):
+    """The one dispatch point: the engine of the back end for host
+    (``device=False``) or device arrays. The CUDA back end, and with it Numba's
+    CUDA target, is imported on first use."""
+    if not device:
+        return _engine
+    from ._cuda import engine
+
+    return engine
+
+
+def _target():
+    from ._cuda import target
+
+    return target
+
+
+def shares_memory(a, b, device):
+    """``np.may_share_memory`` for host or device arrays."""
+    return _target().may_share_memory(a, b) if device else np.may_share_memory(a, b)
+
+
+def writeable(a, device):
+    """Whether ``a`` may be written (device arrays: unless their owner said read-only)."""
+    return not _target().read_only(a) if device else a.flags.writeable
 
 
 # ---------------------------------------------------------------- dtypes ---
@@ -51,12 +91,31 @@ def compute_dtype(result):
     return np.dtype(np.float64) if result == np.float64 else np.dtype(np.float32)
 
 
-def as_array(x, name="x"):
-    """``x`` as a NumPy array; device arrays and non-arrays are refused clearly."""
+def as_input(x, name="x"):
+    """``x`` as an array of its back end, and whether it is a device array."""
     if type(x) is np.ndarray:  # the common case, fast
+        return x, False
+    device = is_device_array(x)
+    return as_array(x, name, device), device
+
+
+def as_array(x, name="x", device=False):
+    """``x`` as a NumPy array (``device=False``) or a Numba device array
+    (``device=True``); an array on the other side is a ``TypeError``, as is
+    anything that is not an array."""
+    if type(x) is np.ndarray:  # the common case, fast
+        if device:
+            raise TypeError(_MIXED.format(name=name, what="a host (NumPy)", other="a device array"))
         return x
-    if hasattr(x, "__cuda_array_interface__"):
-        raise TypeError(f"{name} is a device array: {_DEVICE_HINT}")
+    if is_device_array(x):
+        if not device:
+            raise TypeError(_MIXED.format(name=name, what="a device", other="a NumPy array"))
+        return _target().as_device_array(x, name)
+    if device:
+        raise TypeError(
+            f"{name} must be a device array like x (anything with __cuda_array_interface__), "
+            f"got {type(x).__name__}"
+        )
     if isinstance(x, np.ndarray):
         return x
     try:
@@ -111,74 +170,81 @@ def check_eps(eps, name="eps"):
     return eps
 
 
-def check_param(p, shape, name):
-    """An affine parameter as an array of ``shape`` (or None); converted later,
-    once, to the kernel's dtype."""
+def check_param(p, shape, name, device=False):
+    """An affine parameter as an array of ``shape`` (or None) on x's side
+    (``device``); converted later, once, to the kernel's dtype."""
     if p is None:
         return None
-    p = as_array(p, name)
+    p = as_array(p, name, device)
     result_dtype(p, name)
-    if p.shape != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got {p.shape}")
+    if tuple(p.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(p.shape)}")
     return p
 
 
 def param_grad_dtype(p):
-    """Gradients of a parameter come back in the parameter's (promoted) dtype."""
-    return result_dtype(as_array(p, "parameter"))
+    """Gradients of a parameter (a validated array) come back in the
+    parameter's (promoted) dtype."""
+    return result_dtype(p, "parameter")
 
 
-def param_grads(dweight, dbias, weight, has_bias, result, shape):
-    """Affine-parameter gradients as returned to the caller: shaped ``shape``,
-    in the weight's dtype (the result's without a weight), ``None`` for a
-    parameter the forward pass did not have."""
+def param_grads(engine, dweight, dbias, weight, has_bias, result, shape):
+    """Affine-parameter gradients as returned to the caller: new arrays shaped
+    ``shape``, in the weight's dtype (the result's without a weight), ``None``
+    for a parameter the forward pass did not have."""
     dtype = param_grad_dtype(weight) if weight is not None else result
     return (
-        dweight.reshape(shape).astype(dtype) if weight is not None else None,
-        dbias.reshape(shape).astype(dtype) if has_bias else None,
+        engine.cast(dweight.reshape(shape), dtype) if weight is not None else None,
+        engine.cast(dbias.reshape(shape), dtype) if has_bias else None,
     )
 
 
-def check_like(a, shape, dtype, name, like="x"):
+def check_like(a, shape, dtype, name, like="x", device=False):
     """``a`` must be an array with ``like``'s shape and the expected dtype."""
-    a = as_array(a, name)
-    if a.shape != tuple(shape):
-        raise ValueError(f"{name} must have the shape of {like}, {tuple(shape)}, got {a.shape}")
+    a = as_array(a, name, device)
+    if tuple(a.shape) != tuple(shape):
+        raise ValueError(
+            f"{name} must have the shape of {like}, {tuple(shape)}, got {tuple(a.shape)}"
+        )
     if a.dtype != dtype:
         raise TypeError(f"{name} must have dtype {dtype} (that of {like}), got {a.dtype}")
     return a
 
 
-def check_out(out, shape, dtype, inputs, name="out"):
-    """``out`` must be a writeable ndarray of ``shape`` and ``dtype`` that shares
-    no memory with any of ``inputs`` (a dict name -> array)."""
+def check_out(out, shape, dtype, inputs, name="out", device=False):
+    """``out`` must be a writeable array of ``shape`` and ``dtype`` on x's side
+    (an ndarray, or a device array) that shares no memory with any of
+    ``inputs`` (a dict name -> array)."""
     if out is None:
         return None
-    if not isinstance(out, np.ndarray):
+    if device:
+        out = as_array(out, name, device)
+    elif not isinstance(out, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
-    if out.shape != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got {out.shape}")
+    if tuple(out.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(out.shape)}")
     if out.dtype != dtype:
         raise TypeError(f"{name} must have dtype {dtype}, got {out.dtype}")
-    if not out.flags.writeable:
+    if not writeable(out, device):
         raise ValueError(f"{name} is read-only")
     for other_name, other in inputs.items():
-        if other is not None and np.may_share_memory(out, other):
+        if other is not None and shares_memory(out, other, device):
             raise ValueError(f"{name} must not share memory with {other_name}")
     return out
 
 
-def check_stats(a, shape, name):
-    """A saved statistic from a forward pass must have the expected shape."""
+def check_stats(a, shape, name, engine, device=False):
+    """A saved statistic from a forward pass must have the expected shape;
+    returned as a contiguous float64 array of x's back end."""
     if a is None:
         raise ValueError(f"{name} is missing: pass the `saved` returned by the forward pass")
-    a = as_array(a, name)
-    if a.shape != tuple(shape):
+    a = as_array(a, name, device)
+    if tuple(a.shape) != tuple(shape):
         raise ValueError(
-            f"{name} has shape {a.shape}, expected {tuple(shape)}: "
+            f"{name} has shape {tuple(a.shape)}, expected {tuple(shape)}: "
             "was `saved` produced by the forward pass of this x?"
         )
-    return np.ascontiguousarray(a, dtype=np.float64)
+    return engine.stats(a)
 
 
 # ---------------------------------------------------------------- views ---
@@ -240,14 +306,6 @@ class View(NamedTuple):
 def _view(shape, perm, kshape):
     inverse = tuple(int(i) for i in np.argsort(perm))
     return View(shape, perm, kshape, inverse, perm == tuple(range(len(shape))))
-
-
-def coefficients(a, dtype=np.float64):
-    """A small array (statistics, coefficients) as a C-contiguous, writeable
-    kernel argument of ``dtype``: one type for every call, whatever the
-    caller's array was (a read-only one is copied; these arrays are tiny)."""
-    a = np.ascontiguousarray(a, dtype=dtype)
-    return a if a.flags.writeable else a.copy()
 
 
 @functools.lru_cache(maxsize=512)

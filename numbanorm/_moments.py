@@ -7,6 +7,7 @@ import numpy as np
 from . import _engine as engine
 from ._layout import (
     as_array,
+    is_device_array,
     compute_dtype,
     normalize_axes,
     require_nonempty_reduction,
@@ -124,6 +125,11 @@ def moments(x, axis=None):
     Moments
         ``mean`` and ``m2`` (float64) shaped like ``x`` without ``axis``.
     """
+    if is_device_array(x):
+        raise TypeError(
+            "moments() runs on the host (Moments are merged with NumPy arithmetic): "
+            "pass a NumPy array, e.g. x.copy_to_host()"
+        )
     x = as_array(x, "x")
     dtype = compute_dtype(result_dtype(x, "x"))
     axes = tuple(range(x.ndim)) if axis is None else normalize_axes(axis, x.ndim)

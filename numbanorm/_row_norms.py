@@ -1,16 +1,14 @@
 """Layer norm and RMS norm: statistics per row of the normalized axes."""
 
-import numpy as np
-
-from . import _engine as engine
 from ._layout import (
-    as_array,
+    as_input,
     check_eps,
     check_like,
     check_out,
     check_param,
     check_stats,
     compute_dtype,
+    engine_for,
     normalize_axes,
     param_grads,
     require_nonempty_reduction,
@@ -21,23 +19,25 @@ from ._types import NormStats
 
 
 def _prepare(x, axis, weight, bias):
-    x = as_array(x, "x")
+    x, device = as_input(x, "x")
     result = result_dtype(x, "x")
     axes = normalize_axes(axis, x.ndim)
-    pshape = tuple(x.shape[a] for a in axes)
-    w = check_param(weight, pshape, "weight")
-    b = check_param(bias, pshape, "bias")
-    view, stat_shape = row_view(x.shape, axes)
-    require_nonempty_reduction(view.kshape[1], f"axis={axis!r} of shape {x.shape}")
-    return x, result, compute_dtype(result), pshape, w, b, view, stat_shape
+    shape = tuple(x.shape)
+    pshape = tuple(shape[a] for a in axes)
+    w = check_param(weight, pshape, "weight", device)
+    b = check_param(bias, pshape, "bias", device)
+    view, stat_shape = row_view(shape, axes)
+    require_nonempty_reduction(view.kshape[1], f"axis={axis!r} of shape {shape}")
+    return x, device, result, compute_dtype(result), pshape, w, b, view, stat_shape
 
 
 def _forward(x, weight, bias, axis, eps, out, center):
-    x, result, dtype, _, w, b, view, stat_shape = _prepare(x, axis, weight, bias)
+    x, device, result, dtype, _, w, b, view, stat_shape = _prepare(x, axis, weight, bias)
+    engine = engine_for(device)
     eps = check_eps(eps)
-    out = check_out(out, x.shape, result, {"x": x, "weight": weight, "bias": bias})
-    xk = view.to_kernel(x, dtype)
-    yk, finish = view.output(dtype, result, out)
+    out = check_out(out, view.shape, result, {"x": x, "weight": w, "bias": b}, device=device)
+    xk = engine.to_kernel(view, x, dtype)
+    yk, finish = engine.output(view, dtype, result, out)
     mean, rstd = engine.row_forward(xk, w, b, eps, center, yk)
     saved = NormStats(
         mean.reshape(stat_shape) if center else None,
@@ -49,20 +49,22 @@ def _forward(x, weight, bias, axis, eps, out, center):
 
 
 def _backward(dy, x, saved, weight, axis, center, has_bias):
-    x, result, dtype, pshape, w, _, view, stat_shape = _prepare(x, axis, weight, None)
-    dy = check_like(dy, x.shape, result, "dy")
-    rstd = check_stats(saved.rstd, stat_shape, "saved.rstd")
+    x, device, result, dtype, pshape, w, _, view, stat_shape = _prepare(x, axis, weight, None)
+    engine = engine_for(device)
+    dy = check_like(dy, view.shape, result, "dy", device=device)
+    rows = view.kshape[0]
+    rstd = check_stats(saved.rstd, stat_shape, "saved.rstd", engine, device).reshape(rows)
     if center:
-        mean = check_stats(saved.mean, stat_shape, "saved.mean")
+        mean = check_stats(saved.mean, stat_shape, "saved.mean", engine, device).reshape(rows)
     else:
-        mean = np.zeros_like(rstd)
+        mean = engine.zeros(rows)
     need_param_grads = weight is not None or has_bias
-    dxk, finish = view.output(dtype, result, None)
+    dxk, finish = engine.output(view, dtype, result, None)
     dw, db = engine.row_backward(
-        view.to_kernel(dy, dtype), view.to_kernel(x, dtype), mean.ravel(), rstd.ravel(),
+        engine.to_kernel(view, dy, dtype), engine.to_kernel(view, x, dtype), mean, rstd,
         w, center, need_param_grads, dxk,
     )
-    return (finish(), *param_grads(dw, db, weight, has_bias, result, pshape))
+    return (finish(), *param_grads(engine, dw, db, w, has_bias, result, pshape))
 
 
 def layer_norm(x, weight=None, bias=None, *, axis=-1, eps=1e-5, out=None):

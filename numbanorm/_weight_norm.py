@@ -1,11 +1,12 @@
 """Weight normalization: ``w = g * v / ||v||`` with a 2-norm per output slice."""
 
-from . import _engine as engine
 from ._layout import (
     as_array,
+    as_input,
     check_like,
     check_stats,
     compute_dtype,
+    engine_for,
     normalize_axis,
     param_grad_dtype,
     result_dtype,
@@ -15,24 +16,27 @@ from ._types import NormStats
 
 
 def _prepare(v, g, axis):
-    v = as_array(v, "v")
+    v, device = as_input(v, "v")
     result = result_dtype(v, "v")
+    shape = tuple(v.shape)
     if axis is None:
         slices, kept_axes, stat_shape = 1, (), ()
         g_shapes = ((), (1,) * v.ndim)
     else:
         axis = normalize_axis(axis, v.ndim)
-        slices, kept_axes = v.shape[axis], (axis,)
+        slices, kept_axes = shape[axis], (axis,)
         stat_shape = (slices,)
-        keepdims = tuple(v.shape[axis] if i == axis else 1 for i in range(v.ndim))
+        keepdims = tuple(shape[axis] if i == axis else 1 for i in range(v.ndim))
         g_shapes = ((slices,), keepdims)
-    g = as_array(g, "g")
+    g = as_array(g, "g", device)
     result_dtype(g, "g")
-    if g.shape not in g_shapes:
-        raise ValueError(f"g must have shape {g_shapes[0]} or {g_shapes[1]}, got {g.shape}")
+    if tuple(g.shape) not in g_shapes:
+        raise ValueError(
+            f"g must have shape {g_shapes[0]} or {g_shapes[1]}, got {tuple(g.shape)}"
+        )
     reduced = tuple(i for i in range(v.ndim) if i not in kept_axes)
-    view, _ = row_view(v.shape, reduced)
-    return v, result, compute_dtype(result), g, view, stat_shape
+    view, _ = row_view(shape, reduced)
+    return v, engine_for(device), device, result, compute_dtype(result), g, view, stat_shape
 
 
 def weight_norm(v, g, *, axis=0):
@@ -65,9 +69,9 @@ def weight_norm(v, g, *, axis=0):
         ``mean`` is None; ``rstd = 1/||v||`` per slice (float64, shape
         ``(v.shape[axis],)``).
     """
-    v, result, dtype, g, view, stat_shape = _prepare(v, g, axis)
-    wk, finish = view.output(dtype, result, None)
-    rstd = engine.weight_norm_forward(view.to_kernel(v, dtype), g.ravel(), wk)
+    v, engine, _, result, dtype, g, view, stat_shape = _prepare(v, g, axis)
+    wk, finish = engine.output(view, dtype, result, None)
+    rstd = engine.weight_norm_forward(engine.to_kernel(view, v, dtype), g, wk)
     return finish(), NormStats(None, rstd.reshape(stat_shape), True, False)
 
 
@@ -100,11 +104,12 @@ def weight_norm_backward(dw, v, g, saved, *, axis=0):
     dg : ndarray
         Gradient with respect to ``g``, shape and dtype of ``g``.
     """
-    v, result, dtype, g, view, stat_shape = _prepare(v, g, axis)
-    dw = check_like(dw, v.shape, result, "dw", like="v")
-    rstd = check_stats(saved.rstd, stat_shape, "saved.rstd").ravel()
-    dvk, finish = view.output(dtype, result, None)
+    v, engine, device, result, dtype, g, view, stat_shape = _prepare(v, g, axis)
+    dw = check_like(dw, view.shape, result, "dw", like="v", device=device)
+    rstd = check_stats(saved.rstd, stat_shape, "saved.rstd", engine, device)
+    rstd = rstd.reshape(view.kshape[0])
+    dvk, finish = engine.output(view, dtype, result, None)
     dg = engine.weight_norm_backward(
-        view.to_kernel(dw, dtype), view.to_kernel(v, dtype), g.ravel(), rstd, dvk
+        engine.to_kernel(view, dw, dtype), engine.to_kernel(view, v, dtype), g, rstd, dvk
     )
-    return finish(), dg.reshape(g.shape).astype(param_grad_dtype(g))
+    return finish(), engine.cast(dg.reshape(g.shape), param_grad_dtype(g))

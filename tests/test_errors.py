@@ -60,7 +60,6 @@ CASES = [
     ("rms saved missing", lambda: nn.layer_norm_backward(DY, X, nn.rms_norm(X)[1]), ValueError, "saved.mean is missing"),
     ("wn g shape", lambda: nn.weight_norm(X, np.ones(6)), ValueError, r"g must have shape \(4,\)"),
     ("wn dw shape", lambda: nn.weight_norm_backward(DY[:2], X, np.ones(4), nn.weight_norm(X, np.ones(4))[1]), ValueError, "dw must have the shape of v"),
-    ("device array", lambda: nn.layer_norm(type("Dev", (), {"__cuda_array_interface__": {}})()), TypeError, "device array"),
 ]
 
 
@@ -95,3 +94,27 @@ def test_read_only_running_stats_or_out_are_refused():
     out.flags.writeable = False
     with pytest.raises(ValueError, match="out is read-only"):
         nn.layer_norm(X, out=out)
+
+
+class _ForeignDeviceArray:
+    """Stands for a CuPy array or PyTorch CUDA tensor (only the interface)."""
+
+    __cuda_array_interface__ = {
+        "shape": (3, 4), "typestr": "<f4", "data": (0, False), "version": 3, "strides": None
+    }
+
+
+def test_mixing_host_and_device_arrays_is_a_type_error():
+    with pytest.raises(TypeError, match="weight is a device array but x is a NumPy array"):
+        nn.layer_norm(X, weight=_ForeignDeviceArray())
+    with pytest.raises(TypeError, match="dy is a device array but x is a NumPy array"):
+        nn.batch_norm_backward(_ForeignDeviceArray(), X, nn.batch_norm(X)[1])
+
+
+def test_a_device_array_without_a_gpu_says_so():
+    from numba import cuda
+
+    if cuda.is_available():  # pragma: no cover - only on a GPU machine
+        pytest.skip("a GPU is available: tests/cuda covers device arrays")
+    with pytest.raises(RuntimeError, match="x is a device array, but Numba finds no usable CUDA GPU"):
+        nn.layer_norm(_ForeignDeviceArray())
