@@ -13,8 +13,11 @@ $(VENV)/.installed-%: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[$*]'
 	touch $@
 
+# The whole suite, then the CUDA back end's tests again under Numba's CUDA
+# simulator (they skip in the first run when there is no GPU).
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q
+	NUMBA_ENABLE_CUDASIM=1 $(BIN)/python -m pytest -q tests/cuda
 
 # numbanorm vs PyTorch on the standard shapes; the table goes to the terminal.
 BENCH_ARGS ?= --json bench.json --plot bench.png

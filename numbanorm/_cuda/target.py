@@ -15,6 +15,8 @@ maintained target and replaces ``numba.cuda`` when installed.
 import numpy as np
 from numba import cuda
 
+from .._jit import cast_like
+
 #: True when kernels run in Numba's CUDA simulator (pure Python, slow).
 SIMULATOR = "simulator" in cuda.device_array.__module__
 
@@ -22,6 +24,31 @@ SIMULATOR = "simulator" in cuda.device_array.__module__
 #: many values, so results depend on it (and on the shape) only. Under the
 #: simulator each thread is a Python thread: small blocks keep it fast.
 THREADS = 16 if SIMULATOR else 256
+
+def _teach_cast_like():
+    """Make :func:`numbanorm._jit.cast_like` usable in CUDA kernels.
+
+    Numba's built-in CUDA target shares the CPU's ``overload`` registry (the
+    registration in ``_jit`` suffices); ``numba-cuda`` has its own typing
+    registry and its own ``overload``, so the function is registered there too.
+    """
+    try:
+        from numba.cuda.extending import overload
+    except ImportError:
+        return
+
+    @overload(cast_like, inline="always")
+    def _cast_like(arr, value):
+        dtype = arr.dtype
+
+        def impl(arr, value):
+            return dtype(value)
+
+        return impl
+
+
+if not SIMULATOR:
+    _teach_cast_like()
 
 #: Most blocks a grid-stride kernel launches (the loop covers the rest).
 MAX_BLOCKS = 1 << 16
