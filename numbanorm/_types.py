@@ -8,6 +8,9 @@ import numpy as np
 class NormStats(NamedTuple):
     """What a forward pass saves for its backward pass.
 
+    The arrays live where ``x`` lived: NumPy arrays for host input, Numba
+    device arrays for device input.
+
     Attributes
     ----------
     mean : ndarray or None
