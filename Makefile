@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: test bench demo docs clean
+.PHONY: test ptx bench demo docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -13,11 +13,21 @@ $(VENV)/.installed-%: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[$*]'
 	touch $@
 
-# The whole suite, then the CUDA back end's tests again under Numba's CUDA
-# simulator (they skip in the first run when there is no GPU).
-test: $(VENV)/.installed-test
+# The whole suite; the CUDA back end's tests again under Numba's CUDA simulator
+# (they skip in the first run when there is no GPU); then every CUDA kernel
+# compiled to PTX by the real compiler, which the simulator never runs.
+test: $(VENV)/.installed-test ptx
 	$(BIN)/python -m pytest -q
 	NUMBA_ENABLE_CUDASIM=1 $(BIN)/python -m pytest -q tests/cuda
+
+PTX_VENV := .venv-ptx
+$(PTX_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(PTX_VENV)
+	$(PTX_VENV)/bin/python -m pip install -q -e '.[ptx]'
+	touch $@
+
+ptx: $(PTX_VENV)/.installed
+	$(PTX_VENV)/bin/python tests/cuda/compile_ptx.py
 
 # numbanorm vs PyTorch on the standard shapes; the table goes to the terminal.
 BENCH_ARGS ?= --json bench.json --plot bench.png
@@ -33,5 +43,5 @@ docs: $(VENV)/.installed-docs
 	$(BIN)/python -m sphinx -W -b html docs docs/_build/html
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) $(PTX_VENV) .pytest_cache .hypothesis build *.egg-info
 	find . -name __pycache__ -prune -exec rm -rf {} +
