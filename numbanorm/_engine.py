@@ -1,4 +1,8 @@
-"""Norms as compositions of the back end's kernels.
+"""Norms as compositions of the CPU back end's kernels.
+
+:mod:`numbanorm._cuda.engine` is the GPU counterpart, function for function;
+the public functions get one or the other from
+:func:`numbanorm._layout.engine_for`.
 
 Host-side code shared by every norm: it sizes the work split, allocates the
 partial-sum arrays, adds them in a fixed order and forms the small

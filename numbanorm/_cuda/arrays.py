@@ -101,7 +101,8 @@ def full(n, value, dtype=np.float64):
 
 def param(p, n, value, dtype=np.float64):
     """A parameter as a contiguous 1-d device array of ``dtype`` (``value``
-    repeated when ``p`` is None); always a fresh array."""
+    repeated when ``p`` is None). ``p`` itself (reshaped) when it already is
+    one: kernels only read parameters, and ``out`` may not overlap them."""
     if p is None:
         return full(n, value, dtype)
-    return cast(p, dtype).reshape(n)
+    return contiguous(p, dtype).reshape(n)
