@@ -94,14 +94,18 @@ def cast_like(arr, value):
     return arr.dtype.type(value)
 
 
-@overload(cast_like, inline="always")
-def _cast_like(arr, value):
+def cast_like_typer(arr, value):
+    """The compiled form of :func:`cast_like` (registered for the CPU here, and
+    for numba-cuda's own registry in :mod:`numbanorm._cuda.target`)."""
     dtype = arr.dtype
 
     def impl(arr, value):
         return dtype(value)
 
     return impl
+
+
+overload(cast_like, inline="always")(cast_like_typer)
 
 
 

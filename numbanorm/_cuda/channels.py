@@ -19,7 +19,7 @@ parameters per channel, as on the CPU.
 import numpy as np
 
 from .._jit import cast_like
-from .blocks import block_sum2
+from .blocks import block_sum2, channel_index, split_mean
 from .target import THREADS, blocks_for, cuda
 
 
@@ -104,16 +104,9 @@ def _channel_affine(x, mean, rstd, weight, bias, y):
     N, P, C, Q = x.shape
     cg = C // mean.shape[1]
     for i in range(cuda.grid(1), x.size, cuda.gridDim.x * THREADS):
-        r = i // Q
-        q = i - r * Q
-        s = r // C
-        c = r - s * C
-        n = s // P
-        p = s - n * P
+        n, p, c, q = channel_index(i, P, C, Q)
         g = c // cg
-        mu = mean[n, g]
-        hi = cast_like(x, mu)
-        lo = cast_like(x, mu - np.float64(hi))
+        hi, lo = split_mean(x, mean[n, g])
         a = cast_like(x, rstd[n, g] * weight[c])
         b = cast_like(x, bias[c])
         y[n, p, c, q] = ((x[n, p, c, q] - hi) - lo) * a + b
@@ -130,16 +123,9 @@ def _channel_backward_apply(dy, x, mean, rstd, weight, beta, gamma, dx):
     N, P, C, Q = x.shape
     cg = C // mean.shape[1]
     for i in range(cuda.grid(1), x.size, cuda.gridDim.x * THREADS):
-        r = i // Q
-        q = i - r * Q
-        s = r // C
-        c = r - s * C
-        n = s // P
-        p = s - n * P
+        n, p, c, q = channel_index(i, P, C, Q)
         g = c // cg
-        mu = mean[n, g]
-        hi = cast_like(x, mu)
-        lo = cast_like(x, mu - np.float64(hi))
+        hi, lo = split_mean(x, mean[n, g])
         al = cast_like(x, rstd[n, g] * weight[c])
         be = cast_like(x, beta[n, g])
         ga = cast_like(x, gamma[n, g])

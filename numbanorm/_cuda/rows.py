@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from .._jit import cast_like
-from .blocks import block_sum2
+from .blocks import block_sum2, split_mean
 from .target import THREADS, blocks_for, cuda
 
 
@@ -46,8 +46,7 @@ def _row_forward(x, weight, bias, eps, center, y, mean, rstd):
         if t == 0:
             mean[r] = mu
             rstd[r] = rs
-        hi = cast_like(x, mu)
-        lo = cast_like(x, mu - np.float64(hi))
+        hi, lo = split_mean(x, mu)
         rs_x = cast_like(x, rs)
         for j in range(t, n, THREADS):
             y[r, j] = ((x[r, j] - hi) - lo) * rs_x * weight[j] + bias[j]
@@ -70,8 +69,7 @@ def _row_backward_dx(dy, x, mean, rstd, weight, center, dx):
     for r in range(cuda.blockIdx.x, rows, cuda.gridDim.x):
         mu = mean[r]
         rs = rstd[r]
-        hi = cast_like(x, mu)
-        lo = cast_like(x, mu - np.float64(hi))
+        hi, lo = split_mean(x, mu)
         rs_x = cast_like(x, rs)
         sg = 0.0
         sgx = 0.0

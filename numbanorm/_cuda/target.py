@@ -15,7 +15,7 @@ maintained target and replaces ``numba.cuda`` when installed.
 import numpy as np
 from numba import cuda
 
-from .._jit import cast_like
+from .._jit import cast_like, cast_like_typer
 
 #: True when kernels run in Numba's CUDA simulator (pure Python, slow).
 SIMULATOR = "simulator" in cuda.device_array.__module__
@@ -36,15 +36,7 @@ def _teach_cast_like():
         from numba.cuda.extending import overload
     except ImportError:
         return
-
-    @overload(cast_like, inline="always")
-    def _cast_like(arr, value):
-        dtype = arr.dtype
-
-        def impl(arr, value):
-            return dtype(value)
-
-        return impl
+    overload(cast_like, inline="always")(cast_like_typer)
 
 
 if not SIMULATOR:
