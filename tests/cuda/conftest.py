@@ -3,7 +3,6 @@ or under the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``, set before Numba is
 imported; ``make test`` runs this directory a second time that way).
 Elsewhere they are skipped, with the reason."""
 
-import numpy as np
 import pytest
 from numba import cuda
 
@@ -17,8 +16,3 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "/tests/cuda/" in str(item.fspath).replace("\\", "/"):
             item.add_marker(skip)
-
-
-@pytest.fixture
-def rng():
-    return np.random.default_rng(2026)
