@@ -100,6 +100,11 @@ def rstd_of(var, eps):
         return 1.0 / np.sqrt(var + eps)
 
 
+def _flat(a):
+    """``a`` as a 1-D array (itself when it is one)."""
+    return a if a.ndim == 1 else a.reshape(-1)
+
+
 def _p_chunk(kshape):
     """Chunk length along ``P`` and the number of chunks, from the shape alone."""
     _, p, c, q = kshape
@@ -125,8 +130,8 @@ def row_forward(xk, weight, bias, eps, center, yk):
     """Layer norm (``center``) or RMS norm of each row of ``xk`` into ``yk``."""
     rows, length = xk.shape
     dtype = xk.dtype
-    w = weight.reshape(-1) if weight is not None else np.ones(length)
-    b = bias.reshape(-1) if bias is not None else np.zeros(length)
+    w = _flat(weight) if weight is not None else np.ones(length)
+    b = _flat(bias) if bias is not None else np.zeros(length)
     mean = np.empty(rows)
     rstd = np.empty(rows)
     backend.row_forward.for_size(xk.size)(

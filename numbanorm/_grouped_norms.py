@@ -134,7 +134,7 @@ def batch_norm(
     if running_mean is not None and shares_memory(running_mean, running_var, device):
         raise ValueError("running_mean and running_var must not share memory")
     count = view.kshape[1] * view.kshape[3]
-    require_nonempty_reduction(count, f"channel axis {axis} of shape {shape}")
+    require_nonempty_reduction(count, "channel axis {} of shape {}", axis, shape)
     if training and count == 1:
         raise ValueError(
             f"batch norm in training mode needs more than 1 value per channel, "
@@ -229,7 +229,7 @@ def _grouped_forward(x, groups, weight, bias, axis, eps, out, per_channel):
     n, p, channels, q = view.kshape
     groups = channels if per_channel else _check_groups(groups, channels)
     eps = check_eps(eps)
-    require_nonempty_reduction(p * q * (channels // max(groups, 1)), f"shape {view.shape}")
+    require_nonempty_reduction(p * q * (channels // max(groups, 1)), "shape {}", view.shape)
     if per_channel and p * q == 1:
         raise ValueError(
             f"instance norm needs more than 1 spatial element per channel, got shape {view.shape}"

@@ -68,6 +68,9 @@ def writeable(a, device):
 
 # ---------------------------------------------------------------- dtypes ---
 
+#: Dtypes kept as they are (:func:`result_dtype`).
+_FLOATS = frozenset(np.dtype(t) for t in (np.float16, np.float32, np.float64))
+
 
 def result_dtype(x, name="x"):
     """The dtype of a norm's output for input ``x``.
@@ -140,12 +143,11 @@ def normalize_axis(axis, ndim, name="axis"):
 def normalize_axes(axis, ndim, name="axis"):
     """An int or a tuple of ints as a sorted tuple of distinct axes."""
     axes = tuple(axis) if isinstance(axis, (tuple, list)) else (axis,)
-    try:
+    if all(type(a) is int for a in axes):
+        # Only plain ints reach the cache: 1.0 and True hash and compare
+        # equal to 1, and a cached 1 must not let them through.
         return _normalize_axes(axes, ndim, name)
-    except TypeError as exc:
-        if "unhashable" not in str(exc):
-            raise
-        return _normalize_axes.__wrapped__(axes, ndim, name)
+    return _normalize_axes.__wrapped__(axes, ndim, name)
 
 
 @functools.lru_cache(maxsize=256)
@@ -175,6 +177,8 @@ def check_param(p, shape, name, device=False):
     (``device``); converted later, once, to the kernel's dtype."""
     if p is None:
         return None
+    if type(p) is np.ndarray and not device and p.shape == shape and p.dtype in _FLOATS:
+        return p  # the common case, fast
     p = as_array(p, name, device)
     result_dtype(p, name)
     if tuple(p.shape) != tuple(shape):
@@ -273,10 +277,8 @@ class View(NamedTuple):
         """
         if not (self.identity and a.dtype == dtype and a.flags.c_contiguous):
             a = np.ascontiguousarray(a.transpose(self.perm) if not self.identity else a, dtype)
-        k = a.reshape(self.kshape)
-        if k is a:
-            k = a.view()
-        k.flags.writeable = False
+        k = a.view() if a.shape == self.kshape else a.reshape(self.kshape)
+        k.setflags(write=False)
         return k
 
     def output(self, dtype, result, out):
@@ -286,6 +288,9 @@ class View(NamedTuple):
         kernel's layout and dtype; otherwise into a new array that is then cast
         and/or copied.
         """
+        if out is None and self.identity and result == dtype:  # the common case, fast
+            y = np.empty(self.shape, dtype)
+            return (y if self.kshape == self.shape else y.reshape(self.kshape)), lambda: y
         if out is not None and out.dtype == dtype:
             t = out if self.identity else out.transpose(self.perm)
             if t.flags.c_contiguous:
@@ -312,13 +317,15 @@ def _view(shape, perm, kshape):
 def row_view(shape, axes):
     """Row view: the axes not in ``axes`` become rows, ``axes`` the row.
 
-    Returns the view and the shape of per-row statistics (``shape`` without
-    ``axes``).
+    Returns the view, the shape of per-row statistics (``shape`` without
+    ``axes``) and the shape of one row (``shape`` over ``axes``).
     """
     keep = tuple(i for i in range(len(shape)) if i not in axes)
     stat_shape = tuple(shape[i] for i in keep)
     length = math.prod(shape[i] for i in axes)
-    return _view(shape, keep + tuple(axes), (math.prod(stat_shape), length)), stat_shape
+    row_shape = tuple(shape[i] for i in axes)
+    view = _view(shape, keep + tuple(axes), (math.prod(stat_shape), length))
+    return view, stat_shape, row_shape
 
 
 @functools.lru_cache(maxsize=512)
@@ -339,7 +346,13 @@ def channel_view(shape, axis, batched):
     return _view(shape, tuple(range(ndim)), kshape)
 
 
-def require_nonempty_reduction(count, what):
-    """Reductions over no elements are an error, not a silent NaN."""
+def require_nonempty_reduction(count, what, *args):
+    """Reductions over no elements are an error, not a silent NaN.
+
+    ``what.format(*args)`` describes the reduction in the message; it is
+    formatted only on error (this check runs on every call).
+    """
     if count == 0:
-        raise ValueError(f"cannot normalize over an empty set of elements ({what})")
+        raise ValueError(
+            f"cannot normalize over an empty set of elements ({what.format(*args)})"
+        )

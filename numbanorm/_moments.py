@@ -133,9 +133,9 @@ def moments(x, axis=None):
     x = as_array(x, "x")
     dtype = compute_dtype(result_dtype(x, "x"))
     axes = tuple(range(x.ndim)) if axis is None else normalize_axes(axis, x.ndim)
-    view, stat_shape = row_view(x.shape, axes)
+    view, stat_shape, _ = row_view(x.shape, axes)
     rows, length = view.kshape
-    require_nonempty_reduction(length, f"axis={axis!r} of shape {x.shape}")
+    require_nonempty_reduction(length, "axis={!r} of shape {}", axis, x.shape)
     view = view._replace(kshape=(rows, 1, 1, length))
     shift, s1, s2, count = engine.group_sums(view.to_kernel(x, dtype), 1, center=True)
     mean = shift[:, 0] + s1[:, 0] / count

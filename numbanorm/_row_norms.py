@@ -23,11 +23,10 @@ def _prepare(x, axis, weight, bias):
     result = result_dtype(x, "x")
     axes = normalize_axes(axis, x.ndim)
     shape = tuple(x.shape)
-    pshape = tuple(shape[a] for a in axes)
+    view, stat_shape, pshape = row_view(shape, axes)
     w = check_param(weight, pshape, "weight", device)
     b = check_param(bias, pshape, "bias", device)
-    view, stat_shape = row_view(shape, axes)
-    require_nonempty_reduction(view.kshape[1], f"axis={axis!r} of shape {shape}")
+    require_nonempty_reduction(view.kshape[1], "axis={!r} of shape {}", axis, shape)
     return x, device, result, compute_dtype(result), pshape, w, b, view, stat_shape
 
 
@@ -39,12 +38,9 @@ def _forward(x, weight, bias, axis, eps, out, center):
     xk = engine.to_kernel(view, x, dtype)
     yk, finish = engine.output(view, dtype, result, out)
     mean, rstd = engine.row_forward(xk, w, b, eps, center, yk)
-    saved = NormStats(
-        mean.reshape(stat_shape) if center else None,
-        rstd.reshape(stat_shape),
-        True,
-        bias is not None,
-    )
+    if rstd.shape != stat_shape:
+        mean, rstd = mean.reshape(stat_shape), rstd.reshape(stat_shape)
+    saved = NormStats(mean if center else None, rstd, True, bias is not None)
     return finish(), saved
 
 

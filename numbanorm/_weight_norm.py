@@ -35,7 +35,7 @@ def _prepare(v, g, axis):
             f"g must have shape {g_shapes[0]} or {g_shapes[1]}, got {tuple(g.shape)}"
         )
     reduced = tuple(i for i in range(v.ndim) if i not in kept_axes)
-    view, _ = row_view(shape, reduced)
+    view, _, _ = row_view(shape, reduced)
     return v, engine_for(device), device, result, compute_dtype(result), g, view, stat_shape
 
 

@@ -69,6 +69,16 @@ def test_bad_input_raises_a_clear_error(call, exc, match):
         call()
 
 
+@pytest.mark.parametrize("bad", [1.0, True, (1.0, 2), (True, 2)])
+def test_a_valid_axis_seen_before_does_not_let_an_equal_non_int_through(bad):
+    # 1.0 and True hash and compare equal to 1: the cache of valid axes must not
+    # answer for them.
+    nn.layer_norm(X, axis=1)
+    nn.layer_norm(X, axis=(1, 2))
+    with pytest.raises(TypeError, match="axis must be an int"):
+        nn.layer_norm(X, axis=bad)
+
+
 def test_nothing_is_written_when_validation_fails():
     out = np.full(X.shape, 7.0, np.float32)
     rm, rv = np.full(C, 3.0), np.full(C, 4.0)
