@@ -167,6 +167,84 @@ def _backward_affine(dy, x, dx, n, p_start, p_stop, hi, lo, al, be, ga):
 
 
 @helper
+def _affine_runs(x, y, n, p_start, p_stop, mean, rstd, weight, bias):
+    """Channels first (``Q > 1``): ``y = (x - mean[g]) * rstd[g] * weight[c] + bias[c]``
+    over rows ``p_start:p_stop`` of sample ``n``, one run of ``Q`` values per
+    channel, with ``mean``/``rstd`` the sample's float64 group statistics.
+
+    Coefficients are formed per run, in registers: a run is short (49 values
+    for 7x7 images), and per-channel coefficient arrays cost as much as it.
+    """
+    N, P, C, Q = x.shape
+    groups = mean.shape[0]
+    cg = C // groups
+    for p in range(p_start, p_stop):
+        for g in range(groups):
+            mu = mean[g]
+            h = cast_like(x, mu)
+            l = cast_like(x, mu - np.float64(h))
+            rs = rstd[g]
+            for c in range(g * cg, (g + 1) * cg):
+                ac = cast_like(x, rs * weight[c])
+                bc = cast_like(x, bias[c])
+                xr = x[n, p, c]
+                yr = y[n, p, c]
+                for q in range(Q):
+                    yr[q] = ((xr[q] - h) - l) * ac + bc
+
+
+@helper
+def _add_grad_sums_runs(dy, x, n, p_start, p_stop, mean, sa, sb):
+    """Channels first (``Q > 1``): add ``sum(dy)`` and ``sum(dy * (x - mean[g]))``
+    per channel over rows ``p_start:p_stop`` of sample ``n`` into ``sa[c]``,
+    ``sb[c]`` (float64); ``mean`` holds the sample's group means."""
+    N, P, C, Q = x.shape
+    groups = mean.shape[0]
+    cg = C // groups
+    for p in range(p_start, p_stop):
+        for g in range(groups):
+            mu = mean[g]
+            h = cast_like(x, mu)
+            l = cast_like(x, mu - np.float64(h))
+            for c in range(g * cg, (g + 1) * cg):
+                xr = x[n, p, c]
+                gr = dy[n, p, c]
+                a1 = 0.0
+                a2 = 0.0
+                for q in range(Q):
+                    d = np.float64(gr[q])
+                    a1 += d
+                    a2 += d * np.float64((xr[q] - h) - l)
+                sa[c] += a1
+                sb[c] += a2
+
+
+@helper
+def _backward_runs(dy, x, dx, n, p_start, p_stop, mean, rstd, weight, beta, gamma):
+    """Channels first (``Q > 1``): ``dx = rstd[g]*weight[c]*dy + beta[g]*(x - mean[g])
+    + gamma[g]`` over rows ``p_start:p_stop`` of sample ``n`` (the sample's
+    float64 per-group values), coefficients formed per run."""
+    N, P, C, Q = x.shape
+    groups = mean.shape[0]
+    cg = C // groups
+    for p in range(p_start, p_stop):
+        for g in range(groups):
+            mu = mean[g]
+            h = cast_like(x, mu)
+            l = cast_like(x, mu - np.float64(h))
+            rs = rstd[g]
+            be = cast_like(x, beta[g])
+            ga = cast_like(x, gamma[g])
+            for c in range(g * cg, (g + 1) * cg):
+                al = cast_like(x, rs * weight[c])
+                xr = x[n, p, c]
+                gr = dy[n, p, c]
+                dr = dx[n, p, c]
+                for q in range(Q):
+                    dr[q] = al * gr[q] + be * ((xr[q] - h) - l) + ga
+
+
+@helper
 def _split_mean(x, mean, n, cg, hi, lo):
     """``hi[c] + lo[c] = mean[n, c // cg]`` in ``x``'s dtype."""
     for c in range(hi.shape[0]):
@@ -214,6 +292,10 @@ def channel_affine(x, mean, rstd, weight, bias, p_chunk, y):
     for t in prange(N * nchunks):
         n = t // nchunks
         k = t - n * nchunks
+        p_start, p_stop = k * p_chunk, min(P, (k + 1) * p_chunk)
+        if Q > 1:
+            _affine_runs(x, y, n, p_start, p_stop, mean[n], rstd[n], weight, bias)
+            continue
         hi = np.empty(C, x.dtype)
         lo = np.empty(C, x.dtype)
         a = np.empty(C, x.dtype)
@@ -222,7 +304,7 @@ def channel_affine(x, mean, rstd, weight, bias, p_chunk, y):
         for c in range(C):
             a[c] = cast_like(x, rstd[n, c // cg] * weight[c])
             b[c] = cast_like(x, bias[c])
-        _affine(x, y, n, k * p_chunk, min(P, (k + 1) * p_chunk), hi, lo, a, b)
+        _affine(x, y, n, p_start, p_stop, hi, lo, a, b)
 
 
 @kernel
@@ -235,12 +317,16 @@ def channel_grad_sums(dy, x, mean, p_chunk, a_part, b_part):
     for t in prange(N * nchunks):
         n = t // nchunks
         k = t - n * nchunks
-        hi = np.empty(C, x.dtype)
-        lo = np.empty(C, x.dtype)
-        _split_mean(x, mean, n, cg, hi, lo)
+        p_start, p_stop = k * p_chunk, min(P, (k + 1) * p_chunk)
         sa = np.zeros(C)
         sb = np.zeros(C)
-        _add_grad_sums(dy, x, n, k * p_chunk, min(P, (k + 1) * p_chunk), hi, lo, sa, sb)
+        if Q > 1:
+            _add_grad_sums_runs(dy, x, n, p_start, p_stop, mean[n], sa, sb)
+        else:
+            hi = np.empty(C, x.dtype)
+            lo = np.empty(C, x.dtype)
+            _split_mean(x, mean, n, cg, hi, lo)
+            _add_grad_sums(dy, x, n, p_start, p_stop, hi, lo, sa, sb)
         a_part[n, k, :] = sa
         b_part[n, k, :] = sb
 
@@ -258,6 +344,12 @@ def channel_backward_apply(dy, x, mean, rstd, weight, beta, gamma, p_chunk, dx):
     for t in prange(N * nchunks):
         n = t // nchunks
         k = t - n * nchunks
+        p_start, p_stop = k * p_chunk, min(P, (k + 1) * p_chunk)
+        if Q > 1:
+            _backward_runs(
+                dy, x, dx, n, p_start, p_stop, mean[n], rstd[n], weight, beta[n], gamma[n]
+            )
+            continue
         hi = np.empty(C, x.dtype)
         lo = np.empty(C, x.dtype)
         al = np.empty(C, x.dtype)
@@ -269,7 +361,7 @@ def channel_backward_apply(dy, x, mean, rstd, weight, beta, gamma, p_chunk, dx):
             al[c] = cast_like(x, rstd[n, g] * weight[c])
             be[c] = cast_like(x, beta[n, g])
             ga[c] = cast_like(x, gamma[n, g])
-        _backward_affine(dy, x, dx, n, k * p_chunk, min(P, (k + 1) * p_chunk), hi, lo, al, be, ga)
+        _backward_affine(dy, x, dx, n, p_start, p_stop, hi, lo, al, be, ga)
 
 
 # ----------------------------------------------------- per-sample kernels ---
@@ -299,8 +391,6 @@ def sample_norm_forward(x, groups, weight, bias, eps, y, mean, rstd):
         s1 = np.zeros(width)
         s2 = np.zeros(width)
         _add_moments(xs, n, 0, xs.shape[1], sh, s1, s2)
-        a = np.empty(C, x.dtype)
-        b = np.empty(C, x.dtype)
         for g in range(groups):
             t1 = 0.0
             t2 = 0.0
@@ -313,8 +403,13 @@ def sample_norm_forward(x, groups, weight, bias, eps, y, mean, rstd):
                 var = 0.0
             mean[n, g] = sh[g * per] + m
             rstd[n, g] = 1.0 / np.sqrt(var + eps)
+        if Q > 1:
+            _affine_runs(x, y, n, 0, P, mean[n], rstd[n], weight, bias)
+            continue
         hi = np.empty(C, x.dtype)
         lo = np.empty(C, x.dtype)
+        a = np.empty(C, x.dtype)
+        b = np.empty(C, x.dtype)
         _split_mean(x, mean, n, cg, hi, lo)
         for c in range(C):
             a[c] = cast_like(x, rstd[n, c // cg] * weight[c])
@@ -336,17 +431,19 @@ def sample_norm_backward(dy, x, mean, rstd, weight, sum_dy, sum_dy_xc, dx):
     cg = C // groups
     count = P * Q * cg
     for n in prange(N):
-        hi = np.empty(C, x.dtype)
-        lo = np.empty(C, x.dtype)
-        _split_mean(x, mean, n, cg, hi, lo)
         sa = np.zeros(C)
         sb = np.zeros(C)
-        _add_grad_sums(dy, x, n, 0, P, hi, lo, sa, sb)
+        hi = np.empty(C, x.dtype)
+        lo = np.empty(C, x.dtype)
+        if Q > 1:
+            _add_grad_sums_runs(dy, x, n, 0, P, mean[n], sa, sb)
+        else:
+            _split_mean(x, mean, n, cg, hi, lo)
+            _add_grad_sums(dy, x, n, 0, P, hi, lo, sa, sb)
         sum_dy[n, :] = sa
         sum_dy_xc[n, :] = sb
-        al = np.empty(C, x.dtype)
-        be = np.empty(C, x.dtype)
-        ga = np.empty(C, x.dtype)
+        beta = np.empty(groups)
+        gamma = np.empty(groups)
         for g in range(groups):
             sg = 0.0
             sgx = 0.0
@@ -354,10 +451,17 @@ def sample_norm_backward(dy, x, mean, rstd, weight, sum_dy, sum_dy_xc, dx):
                 sg += weight[c] * sa[c]
                 sgx += weight[c] * sb[c]
             rs = rstd[n, g]
-            beta = -rs * rs * rs * sgx / count
-            gamma = -rs * sg / count
+            beta[g] = -rs * rs * rs * sgx / count
+            gamma[g] = -rs * sg / count
+        if Q > 1:
+            _backward_runs(dy, x, dx, n, 0, P, mean[n], rstd[n], weight, beta, gamma)
+            continue
+        al = np.empty(C, x.dtype)
+        be = np.empty(C, x.dtype)
+        ga = np.empty(C, x.dtype)
+        for g in range(groups):
             for c in range(g * cg, (g + 1) * cg):
-                al[c] = cast_like(x, rs * weight[c])
-                be[c] = cast_like(x, beta)
-                ga[c] = cast_like(x, gamma)
+                al[c] = cast_like(x, rstd[n, g] * weight[c])
+                be[c] = cast_like(x, beta[g])
+                ga[c] = cast_like(x, gamma[g])
         _backward_affine(dy, x, dx, n, 0, P, hi, lo, al, be, ga)
