@@ -6,6 +6,7 @@ function returning the gradients, and a stateful layer (``BatchNorm``,
 formulas.
 """
 
+from ._buffers import release_memory
 from ._grouped_norms import (
     batch_norm,
     batch_norm_backward,
@@ -49,6 +50,7 @@ __all__ = [
     "layer_norm",
     "layer_norm_backward",
     "moments",
+    "release_memory",
     "rms_norm",
     "rms_norm_backward",
     "weight_norm",

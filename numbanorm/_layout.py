@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _engine
+from . import _buffers, _engine
 
 _MIXED = (
     "{name} is {what} array but x is {other}: every array of one call must be on "
@@ -289,14 +289,14 @@ class View(NamedTuple):
         and/or copied.
         """
         if out is None and self.identity and result == dtype:  # the common case, fast
-            y = np.empty(self.shape, dtype)
+            y = _buffers.empty(self.shape, dtype)
             return (y if self.kshape == self.shape else y.reshape(self.kshape)), lambda: y
         if out is not None and out.dtype == dtype:
             t = out if self.identity else out.transpose(self.perm)
             if t.flags.c_contiguous:
                 return t.reshape(self.kshape), lambda: out
         moved = self.kshape if self.identity else tuple(self.shape[i] for i in self.perm)
-        buf = np.empty(moved, dtype)
+        buf = _buffers.empty(moved, dtype)
 
         def finish():
             y = buf.reshape(self.shape) if self.identity else buf.transpose(self.inverse)

@@ -1,0 +1,85 @@
+"""Large outputs reuse memory the caller has dropped, and only that memory."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import numbanorm as nn
+from numbanorm import _buffers
+
+import reference
+
+# One output of 16 MiB: the smallest that comes from a reusable block.
+SHAPE = (1024, 4096)
+
+
+@pytest.fixture
+def x(rng):
+    nn.release_memory()
+    yield rng.standard_normal(SHAPE).astype(np.float32)
+    nn.release_memory()
+
+
+def _address(a):
+    return a.__array_interface__["data"][0]
+
+
+def test_a_dropped_output_block_is_reused_and_the_result_is_right(x):
+    y, _ = nn.layer_norm(x)
+    first = _address(y)
+    del y
+    y, saved = nn.layer_norm(x)
+    assert _address(y) == first
+    np.testing.assert_allclose(y, reference.layer_norm(x.astype(np.float64)), atol=2e-6)
+    dx, _, _ = nn.layer_norm_backward(x, x, saved)  # same size: takes no block in use
+    assert _address(dx) != first
+
+
+def test_memory_still_in_use_is_never_handed_out(x):
+    y, _ = nn.layer_norm(x)
+    view = y[::2, 1:]  # keeps the block alive after y is gone
+    kept = view.copy()
+    del y
+    y2, _ = nn.layer_norm(2.0 * x + 1.0)
+    assert not np.shares_memory(y2, view)
+    np.testing.assert_array_equal(view, kept)
+
+
+def test_small_outputs_are_plain_numpy_arrays(rng):
+    y, _ = nn.layer_norm(rng.standard_normal((64, 64)).astype(np.float32))
+    assert y.base is None or type(y.base) is np.ndarray
+
+
+def test_release_memory_gives_back_what_is_kept(x):
+    y, _ = nn.layer_norm(x)
+    nbytes = y.nbytes
+    del y
+    assert nn.release_memory() == nbytes
+    assert nn.release_memory() == 0
+
+
+def test_at_most_the_configured_bytes_are_kept(x, monkeypatch):
+    monkeypatch.setattr(_buffers, "REUSE_MAX_BYTES", x.nbytes)  # room for one block
+    a, _ = nn.layer_norm(x)
+    b, _ = nn.layer_norm(x)
+    del a, b
+    assert nn.release_memory() == x.nbytes
+
+
+def test_reuse_can_be_turned_off_and_blocks_outlive_the_interpreter_quietly():
+    code = (
+        "import numpy as np, numbanorm as nn\n"
+        "x = np.ones((1024, 4096), np.float32)\n"
+        "y, _ = nn.layer_norm(x); a = y.__array_interface__['data'][0]; del y\n"
+        "y, _ = nn.layer_norm(x); print(y.__array_interface__['data'][0] == a)\n"
+        "z = nn.layer_norm(x)[0]\n"  # alive at exit: its block is dropped then
+    )
+    for setting, reused in (("0", "False"), (str(512 << 20), "True")):
+        env = dict(os.environ, NUMBANORM_REUSE_BYTES=setting)
+        run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.strip() == reused
+        assert run.stderr == ""
