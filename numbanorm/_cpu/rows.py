@@ -15,6 +15,9 @@ from numba import prange
 
 from .._jit import cast_like, kernel
 
+#: Rows whose parameter-gradient terms are added together (see row_backward).
+PARAM_ROWS = 4
+
 
 @kernel
 def row_forward(x, weight, bias, eps, center, y, mean, rstd):
@@ -65,6 +68,12 @@ def row_backward(
     ``rows_per_block`` rows writes its float64 sums of ``dy * xhat`` and ``dy``
     to ``dweight_part[k]`` and ``dbias_part[k]``; the caller adds the blocks in
     order, so the result does not depend on the thread count.
+
+    The parameter sums take ``PARAM_ROWS`` rows at a time, their terms added
+    in ``x``'s dtype and then to the float64 sums: those sums are twice a
+    row's length, and loading and storing them once per row cost more than
+    the rest of the pass (LN 8192x4096: 13.5 ms with parameter gradients,
+    8.3 ms without).
     """
     rows, n = x.shape
     nblocks = (rows + rows_per_block - 1) // rows_per_block
@@ -72,30 +81,54 @@ def row_backward(
         width = n if param_grads else 0
         dw = np.zeros(width)
         db = np.zeros(width)
+        his = np.empty(PARAM_ROWS, x.dtype)  # the last few rows' hi, lo, rstd
+        los = np.empty(PARAM_ROWS, x.dtype)
+        rss = np.empty(PARAM_ROWS, x.dtype)
         stop = min(rows, (k + 1) * rows_per_block)
-        for r in range(k * rows_per_block, stop):
-            mu = mean[r]
-            rs = rstd[r]
-            hi = cast_like(x, mu)
-            lo = cast_like(x, mu - np.float64(hi))
-            rs_x = cast_like(x, rs)
-            sg = 0.0
-            sgx = 0.0
-            for j in range(n):
-                g = np.float64(dy[r, j]) * np.float64(weight[j])
-                xh = np.float64((x[r, j] - hi) - lo) * rs
-                sg += g
-                sgx += g * xh
-            if param_grads:
+        for r0 in range(k * rows_per_block, stop, PARAM_ROWS):
+            r1 = min(stop, r0 + PARAM_ROWS)
+            for r in range(r0, r1):
+                mu = mean[r]
+                rs = rstd[r]
+                hi = cast_like(x, mu)
+                lo = cast_like(x, mu - np.float64(hi))
+                rs_x = cast_like(x, rs)
+                sg = 0.0
+                sgx = 0.0
                 for j in range(n):
-                    g = np.float64(dy[r, j])
-                    dw[j] += g * (np.float64((x[r, j] - hi) - lo) * rs)
-                    db[j] += g
-            cg = cast_like(x, sg / n if center else 0.0)
-            cgx = cast_like(x, sgx / n)
-            for j in range(n):
-                xh = ((x[r, j] - hi) - lo) * rs_x
-                dx[r, j] = rs_x * (dy[r, j] * weight[j] - cg - xh * cgx)
+                    g = np.float64(dy[r, j]) * np.float64(weight[j])
+                    xh = np.float64((x[r, j] - hi) - lo) * rs
+                    sg += g
+                    sgx += g * xh
+                cg = cast_like(x, sg / n if center else 0.0)
+                cgx = cast_like(x, sgx / n)
+                for j in range(n):
+                    xh = ((x[r, j] - hi) - lo) * rs_x
+                    dx[r, j] = rs_x * (dy[r, j] * weight[j] - cg - xh * cgx)
+                his[r - r0], los[r - r0], rss[r - r0] = hi, lo, rs_x
+            if not param_grads:
+                continue
+            if r1 - r0 == PARAM_ROWS:
+                h0, h1, h2, h3 = his[0], his[1], his[2], his[3]
+                l0, l1, l2, l3 = los[0], los[1], los[2], los[3]
+                s0, s1, s2, s3 = rss[0], rss[1], rss[2], rss[3]
+                g4 = dy[r0:r1]  # one array each: the loop needs few overlap checks
+                x4 = x[r0:r1]
+                for j in range(n):
+                    g0, g1, g2, g3 = g4[0, j], g4[1, j], g4[2, j], g4[3, j]
+                    t0 = g0 * (((x4[0, j] - h0) - l0) * s0)
+                    t1 = g1 * (((x4[1, j] - h1) - l1) * s1)
+                    t2 = g2 * (((x4[2, j] - h2) - l2) * s2)
+                    t3 = g3 * (((x4[3, j] - h3) - l3) * s3)
+                    dw[j] += np.float64((t0 + t1) + (t2 + t3))
+                    db[j] += np.float64((g0 + g1) + (g2 + g3))
+                continue
+            for r in range(r0, r1):
+                hi, lo, rs_x = his[r - r0], los[r - r0], rss[r - r0]
+                for j in range(n):
+                    g = dy[r, j]
+                    dw[j] += np.float64(g * (((x[r, j] - hi) - lo) * rs_x))
+                    db[j] += np.float64(g)
         if param_grads:
             dweight_part[k, :] = dw
             dbias_part[k, :] = db
