@@ -1,4 +1,11 @@
-"""Agreement with PyTorch 2.13 CPU: forward, backward, running statistics, eval mode."""
+"""Agreement with PyTorch 2.13 CPU: forward, backward, running statistics, eval mode.
+
+PyTorch computes in float64 on the same values (float32 inputs are widened
+exactly), so for float32 the comparison measures numbanorm's rounding, not
+PyTorch's: PyTorch's own float32 gradient of a two-value group with a tiny
+variance is off by 2e-3 of scale (found by Hypothesis), where numbanorm's is
+off by 1e-5.
+"""
 
 import numpy as np
 import pytest
@@ -16,11 +23,11 @@ dtypes = st.sampled_from([np.float64, np.float32])
 
 
 def _t(a, grad=False):
-    return torch.tensor(a, requires_grad=grad)
+    return torch.tensor(np.asarray(a, dtype=np.float64), requires_grad=grad)
 
 
 def _grads(out, dy, *tensors):
-    out.backward(torch.tensor(dy))
+    out.backward(_t(dy))
     return [None if t is None else t.grad.numpy() for t in tensors]
 
 
@@ -59,7 +66,7 @@ def test_batch_norm_training_and_eval(shape, seed, dtype, momentum, training):
     x, dy = normal(rng, shape, dtype, loc=-1.0), normal(rng, shape, dtype)
     w, b = normal(rng, (c,), dtype), normal(rng, (c,), dtype)
     rm, rv = normal(rng, (c,), dtype), rng.uniform(0.5, 2, c).astype(dtype)
-    rmt, rvt = torch.tensor(rm), torch.tensor(rv)
+    rmt, rvt = _t(rm), _t(rv)
     y, saved = nn.batch_norm(x, w, b, training=training, running_mean=rm, running_var=rv,
                              momentum=momentum)
     xt, wt, bt = _t(x, True), _t(w, True), _t(b, True)
