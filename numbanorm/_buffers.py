@@ -16,6 +16,7 @@ written. At most :data:`REUSE_MAX_BYTES` are kept (the environment variable
 :func:`numbanorm.release_memory` gives them all back to the system.
 """
 
+import math
 import os
 import threading
 
@@ -74,11 +75,9 @@ def _take(nbytes):
 
 
 def empty(shape, dtype):
-    """``np.empty(shape, dtype)``, from a reused block when it is large."""
-    dtype = np.dtype(dtype)
-    nbytes = dtype.itemsize
-    for n in shape:
-        nbytes *= n
+    """``np.empty(shape, dtype)`` (``dtype`` a ``np.dtype``), from a reused block
+    when it is large."""
+    nbytes = math.prod(shape) * dtype.itemsize
     if nbytes < REUSE_MIN_BYTES or REUSE_MAX_BYTES <= 0:
         return np.empty(shape, dtype)
     block = _take(nbytes)

@@ -70,6 +70,7 @@ def writeable(a, device):
 
 #: Dtypes kept as they are (:func:`result_dtype`).
 _FLOATS = frozenset(np.dtype(t) for t in (np.float16, np.float32, np.float64))
+_FLOAT32, _FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)
 
 
 def result_dtype(x, name="x"):
@@ -78,9 +79,11 @@ def result_dtype(x, name="x"):
     float16/float32/float64 are kept; bool and integers promote to float64
     (as ``np.mean`` does); anything else is a ``TypeError``.
     """
+    if x.dtype in _FLOATS:  # the common case, fast
+        return x.dtype
     kind = x.dtype.kind
     if kind in "biu":
-        return np.dtype(np.float64)
+        return _FLOAT64
     if kind == "f" and x.dtype.itemsize <= 8:
         return x.dtype
     raise TypeError(
@@ -91,7 +94,7 @@ def result_dtype(x, name="x"):
 
 def compute_dtype(result):
     """Kernel dtype: float16 is computed in float32 (accumulation is float64)."""
-    return np.dtype(np.float64) if result == np.float64 else np.dtype(np.float32)
+    return _FLOAT64 if result == _FLOAT64 else _FLOAT32
 
 
 def as_input(x, name="x"):
@@ -142,6 +145,8 @@ def normalize_axis(axis, ndim, name="axis"):
 
 def normalize_axes(axis, ndim, name="axis"):
     """An int or a tuple of ints as a sorted tuple of distinct axes."""
+    if type(axis) is int:  # the common case, fast
+        return _normalize_axes((axis,), ndim, name)
     axes = tuple(axis) if isinstance(axis, (tuple, list)) else (axis,)
     if all(type(a) is int for a in axes):
         # Only plain ints reach the cache: 1.0 and True hash and compare

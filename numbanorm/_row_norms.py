@@ -34,7 +34,8 @@ def _forward(x, weight, bias, axis, eps, out, center):
     x, device, result, dtype, _, w, b, view, stat_shape = _prepare(x, axis, weight, bias)
     engine = engine_for(device)
     eps = check_eps(eps)
-    out = check_out(out, view.shape, result, {"x": x, "weight": w, "bias": b}, device=device)
+    if out is not None:
+        out = check_out(out, view.shape, result, {"x": x, "weight": w, "bias": b}, device=device)
     xk = engine.to_kernel(view, x, dtype)
     yk, finish = engine.output(view, dtype, result, out)
     mean, rstd = engine.row_forward(xk, w, b, eps, center, yk)
