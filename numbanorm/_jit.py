@@ -6,9 +6,13 @@ once:
 * two builds of each kernel: ``parallel=True`` (outer loops are ``prange``
   over tasks whose number depends on the array shape only, never on the
   thread count) and a serial one for small inputs, where starting threads
-  costs more than the work. :func:`Kernel.for_size` picks by size alone, so
-  a given shape always runs the same code and results do not depend on the
-  number of threads.
+  costs more than the work. Both builds run the same tasks in the same
+  order, so they give identical results, whichever :func:`Kernel.for_size`
+  picks. It picks by size and by what waking the thread pool costs: when its
+  idle threads sleep (see below), a parallel call first waits for the kernel
+  to wake them (measured here: 45 us for an empty parallel loop, 1-3 us when
+  they spin), so inputs up to ``PASSIVE_SERIAL_MAX_ELEMENTS`` run serially
+  (layer norm 64x4096: 79 us in parallel, 41 us serially).
 * ``cache=True``: compiled code is stored beside the module, so a new process
   does not recompile.
 * ``fastmath={"reassoc", "contract"}``: lets LLVM vectorize the float64
@@ -25,9 +29,11 @@ once:
 """
 
 import os
+import time
 import types
 
-from numba import njit
+import numpy as np
+from numba import njit, prange
 from numba.extending import overload
 
 #: The user's own setting, before numbanorm's default (the benchmark gives it
@@ -39,6 +45,11 @@ FASTMATH = frozenset({"reassoc", "contract"})
 
 #: Inputs with fewer elements than this run the serial build of a kernel.
 SERIAL_MAX_ELEMENTS = 1 << 15
+#: ... and so do inputs with fewer than this when waking the pool is slow.
+PASSIVE_SERIAL_MAX_ELEMENTS = 1 << 19
+#: An empty parallel loop slower than this (median of a few back-to-back
+#: calls) means the pool's idle threads sleep.
+SLOW_WAKE_S = 15e-6
 
 
 def _compile(func, parallel):
@@ -81,7 +92,42 @@ class Kernel:
 
     def for_size(self, elements):
         """The build to run for an input of ``elements`` elements."""
-        return self.serial if elements < SERIAL_MAX_ELEMENTS else self.parallel
+        if elements < SERIAL_MAX_ELEMENTS:
+            return self.serial
+        if elements < PASSIVE_SERIAL_MAX_ELEMENTS and pool_sleeps():
+            return self.serial
+        return self.parallel
+
+
+def _empty_parallel_loop(a):
+    for i in prange(a.shape[0]):
+        a[i] += 1.0
+
+
+_wake_probe = _compile(_empty_parallel_loop, parallel=True)
+_pool_sleeps = []
+
+
+def pool_sleeps():
+    """Whether the OpenMP pool's idle threads sleep, so that each parallel call
+    waits for them to wake (measured once, on first need, with an empty
+    parallel loop).
+
+    Which OpenMP runtime Numba's pool runs on, and so its wait policy, is
+    fixed when the pool starts: the first library in the process to load
+    libgomp (PyTorch, imported first, brings its own, whose threads spin)
+    sets it for all. Measuring is the one reliable way to know.
+    """
+    if not _pool_sleeps:
+        a = np.zeros(2)
+        _wake_probe(a)  # starts the pool
+        times = []
+        for _ in range(5):
+            t = time.perf_counter()
+            _wake_probe(a)
+            times.append(time.perf_counter() - t)
+        _pool_sleeps.append(sorted(times)[2] > SLOW_WAKE_S)
+    return _pool_sleeps[0]
 
 
 def kernel(func):

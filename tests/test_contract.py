@@ -7,6 +7,7 @@ import pytest
 import numbanorm as nn
 import reference as ref
 from helpers import assert_close, normal
+from numbanorm import _jit
 
 # Shapes large enough to split into many tasks and partial-sum blocks.
 CASES = {
@@ -35,9 +36,49 @@ def _run(name, x, dy, w, b):
     return (y, *[s for s in saved[:2] if s is not None], *BACKWARD[name](dy, x, saved, w))
 
 
+@pytest.fixture
+def build(monkeypatch):
+    """``build("serial")`` or ``build("parallel")``: every kernel call runs that
+    build, whatever the input's size and the thread pool's wait policy."""
+
+    def force(which):
+        monkeypatch.setattr(_jit.Kernel, "for_size", lambda self, elements: getattr(self, which))
+
+    return force
+
+
 @pytest.mark.parametrize("name", CASES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_results_are_bitwise_identical_for_any_thread_count(name, dtype, rng):
+def test_serial_and_parallel_builds_give_bitwise_identical_results(name, dtype, rng, build):
+    # Kernel.for_size may pick either build for one shape (it weighs the pool's
+    # wake-up cost), so both must compute exactly the same thing.
+    x = normal(rng, SHAPE, dtype, loc=5.0)
+    dy = normal(rng, SHAPE, dtype)
+    w, b = normal(rng, (64,)), normal(rng, (64,))
+    build("serial")
+    serial = _run(name, x, dy, w, b)
+    build("parallel")
+    parallel = _run(name, x, dy, w, b)
+    for a, b_ in zip(serial, parallel):
+        assert a.tobytes() == b_.tobytes()
+
+
+def test_the_wake_probe_answers_once_and_small_inputs_stay_serial():
+    from numbanorm import _cpu
+
+    assert _jit.pool_sleeps() in (True, False)
+    assert _jit.pool_sleeps() is _jit.pool_sleeps()
+    kernel = _cpu.row_forward
+    assert kernel.for_size(_jit.SERIAL_MAX_ELEMENTS - 1) is kernel.serial
+    assert kernel.for_size(_jit.PASSIVE_SERIAL_MAX_ELEMENTS) is kernel.parallel
+    middle = kernel.for_size(_jit.SERIAL_MAX_ELEMENTS)
+    assert middle is (kernel.serial if _jit.pool_sleeps() else kernel.parallel)
+
+
+@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_results_are_bitwise_identical_for_any_thread_count(name, dtype, rng, build):
+    build("parallel")
     x = normal(rng, SHAPE, dtype, loc=5.0)
     dy = normal(rng, SHAPE, dtype)
     w, b = normal(rng, (64,)), normal(rng, (64,))
