@@ -287,15 +287,13 @@ def sample_backward(dyk, xk, mean, rstd, weight, param_grads, dxk):
         return group_backward(dyk, xk, mean, rstd, weight, True, param_grads, dxk)
     mean, rstd = coefficients(mean), coefficients(rstd)
     sum_dy = np.empty((n, c))
-    sum_dy_xc = np.empty((n, c))
+    sum_dy_xhat = np.empty((n, c))
     backend.sample_norm_backward.for_size(xk.size)(
-        dyk, xk, mean, rstd, _param(weight, c, 1.0), sum_dy, sum_dy_xc, dxk
+        dyk, xk, mean, rstd, _param(weight, c, 1.0), sum_dy, sum_dy_xhat, dxk
     )
     if not param_grads:
         return None, None
-    with quiet_fp():
-        dweight = (sum_dy_xc * _per_channel(rstd, c // mean.shape[1])).sum(axis=0)
-    return dweight, sum_dy.sum(axis=0)
+    return sum_dy_xhat.sum(axis=0), sum_dy.sum(axis=0)
 
 
 # ----------------------------------------------------------- weight norm ---

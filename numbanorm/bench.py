@@ -10,8 +10,19 @@ median of each is reported:
 * backward floor: ``np.add(x, dy, out=dx)`` (read x and dy, write dx).
 
 ``ratio`` is PyTorch's time over numbanorm's (> 1: numbanorm is faster);
-``floor`` is the floor's time over numbanorm's (1.0: at memory bandwidth).
-Both libraries allocate their outputs.
+``floor`` is the floor's time over numbanorm's (1.0: at memory bandwidth;
+the floor is NumPy's single-threaded copy, so 2 threads can pass it). Both
+libraries allocate their outputs (numbanorm reuses the blocks of dropped
+outputs of 16 MiB and more, see :func:`numbanorm.release_memory`).
+
+One process has one OpenMP runtime: libgomp is loaded once, by whichever
+library loads it first, and its wait policy holds for both. PyTorch is
+imported first, with the user's ``OMP_WAIT_POLICY``, so by default both
+libraries run on its spinning threads. In a process without PyTorch,
+numbanorm's threads sleep when idle (``OMP_WAIT_POLICY=PASSIVE``), a parallel
+call pays about 45 us to wake them, and inputs under 2**19 elements run
+serially instead (see :mod:`numbanorm._jit`): mid-size rows such as layer
+norm 64x4096 are then slower than in this table (42 us instead of 25 us).
 
 ``--device cuda`` benchmarks the GPU back end against ``torch.cuda`` on
 PyTorch CUDA tensors (numbanorm reads them in place through
@@ -239,9 +250,12 @@ def import_torch():
 
     numbanorm sets ``OMP_WAIT_POLICY=PASSIVE`` for its Numba thread pool
     (see ``numbanorm._jit``); PyTorch ships its own OpenMP runtime, which
-    reads the variable when it loads, so it is loaded with what the user had:
-    each library runs with its own defaults. Call before any numbanorm kernel
-    has started Numba's pool.
+    reads the variable when it loads, so it is loaded with what the user had.
+    Loaded first, that runtime is the process's only libgomp: Numba's pool
+    runs on it too, with the same policy (measured: an empty parallel loop
+    takes 2.4 us then, 59 us when Numba's pool starts first and PyTorch then
+    shares its passive runtime). Call before any numbanorm kernel has started
+    Numba's pool.
     """
     from ._jit import USER_OMP_WAIT_POLICY
 

@@ -418,11 +418,12 @@ def sample_norm_forward(x, groups, weight, bias, eps, y, mean, rstd):
 
 
 @kernel
-def sample_norm_backward(dy, x, mean, rstd, weight, sum_dy, sum_dy_xc, dx):
+def sample_norm_backward(dy, x, mean, rstd, weight, sum_dy, sum_dy_xhat, dx):
     """Backward of :func:`sample_norm_forward`, one task per sample.
 
-    Writes the sample's per-channel sums of ``dy`` and ``dy * (x - mean)``
-    (float64) to ``sum_dy[n]`` and ``sum_dy_xc[n]``, then, with
+    Writes the sample's per-channel sums of ``dy`` and ``dy * xhat`` (float64)
+    to ``sum_dy[n]`` and ``sum_dy_xhat[n]`` (the parameter gradients are their
+    sums over samples), then, with
     ``g = dy * weight`` and ``M`` elements per group,
     ``dx = rstd * (g - sum(g)/M - xhat * sum(g * xhat)/M)``.
     """
@@ -441,7 +442,9 @@ def sample_norm_backward(dy, x, mean, rstd, weight, sum_dy, sum_dy_xc, dx):
             _split_mean(x, mean, n, cg, hi, lo)
             _add_grad_sums(dy, x, n, 0, P, hi, lo, sa, sb)
         sum_dy[n, :] = sa
-        sum_dy_xc[n, :] = sb
+        for g in range(groups):
+            for c in range(g * cg, (g + 1) * cg):
+                sum_dy_xhat[n, c] = sb[c] * rstd[n, g]
         beta = np.empty(groups)
         gamma = np.empty(groups)
         for g in range(groups):
