@@ -155,11 +155,20 @@ overload(cast_like, inline="always")(cast_like_typer)
 
 
 
-def helper(func):
+def helper(func=None, *, inline=False):
     """Compile a loop body shared by several kernels (serial, same flags).
 
     Not cached on its own: each kernel that calls a helper compiles it into
     itself, so the kernel's own cache entry holds everything it runs and the
     kernel build (serial or parallel) alone decides how the helper is compiled.
+    ``@helper(inline=True)`` has Numba paste the body into each caller, for a
+    helper called once per channel: a call with a dozen array arguments costs
+    more than a 49-value run (instance norm 256x512x7x7 backward: 4.6 ms as a
+    call per channel, 2.1 ms without one).
     """
-    return njit(fastmath=set(FASTMATH), error_model="numpy", nogil=True)(func)
+    options = dict(fastmath=set(FASTMATH), error_model="numpy", nogil=True)
+    if inline:
+        options["inline"] = "always"
+    if func is None:
+        return lambda f: njit(**options)(f)
+    return njit(**options)(func)
