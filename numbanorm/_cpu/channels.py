@@ -249,11 +249,29 @@ def _backward_runs(dy, x, dx, n, p_start, p_stop, mean, rstd, weight, beta, gamm
 
 @helper
 def _split_mean(x, mean, n, cg, hi, lo):
-    """``hi[c] + lo[c] = mean[n, c // cg]`` in ``x``'s dtype."""
-    for c in range(hi.shape[0]):
-        mu = mean[n, c // cg]
-        hi[c] = cast_like(x, mu)
-        lo[c] = cast_like(x, mu - np.float64(hi[c]))
+    """``hi[c] + lo[c] = mean[n, c // cg]`` in ``x``'s dtype.
+
+    Per-channel set-up loops run over groups, then their channels: a division
+    per channel cost a quarter of group norm's channels-last forward on
+    256x7x7x512 (measured with perf).
+    """
+    for g in range(mean.shape[1]):
+        mu = mean[n, g]
+        h = cast_like(x, mu)
+        l = cast_like(x, mu - np.float64(h))
+        for c in range(g * cg, (g + 1) * cg):
+            hi[c] = h
+            lo[c] = l
+
+
+@helper
+def _scale_shift(x, rstd, weight, bias, n, cg, a, b):
+    """``a[c] = rstd[n, c // cg] * weight[c]`` and ``b[c] = bias[c]`` in ``x``'s dtype."""
+    for g in range(rstd.shape[1]):
+        rs = rstd[n, g]
+        for c in range(g * cg, (g + 1) * cg):
+            a[c] = cast_like(x, rs * weight[c])
+            b[c] = cast_like(x, bias[c])
 
 
 # -------------------------------------------------------- chunked kernels ---
@@ -273,8 +291,9 @@ def channel_moments(x, shift, p_chunk, s1_part, s2_part):
         n = t // nchunks
         k = t - n * nchunks
         sh = np.empty(C)
-        for c in range(C):
-            sh[c] = shift[n, c // cg]
+        for g in range(shift.shape[1]):
+            for c in range(g * cg, (g + 1) * cg):
+                sh[c] = shift[n, g]
         s1 = np.zeros(C)
         s2 = np.zeros(C)
         _add_moments(x, n, k * p_chunk, min(P, (k + 1) * p_chunk), sh, s1, s2)
@@ -304,9 +323,7 @@ def channel_affine(x, mean, rstd, weight, bias, p_chunk, y):
         a = np.empty(C, x.dtype)
         b = np.empty(C, x.dtype)
         _split_mean(x, mean, n, cg, hi, lo)
-        for c in range(C):
-            a[c] = cast_like(x, rstd[n, c // cg] * weight[c])
-            b[c] = cast_like(x, bias[c])
+        _scale_shift(x, rstd, weight, bias, n, cg, a, b)
         _affine(x, y, n, p_start, p_stop, hi, lo, a, b)
 
 
@@ -359,11 +376,12 @@ def channel_backward_apply(dy, x, mean, rstd, weight, beta, gamma, p_chunk, dx):
         be = np.empty(C, x.dtype)
         ga = np.empty(C, x.dtype)
         _split_mean(x, mean, n, cg, hi, lo)
-        for c in range(C):
-            g = c // cg
-            al[c] = cast_like(x, rstd[n, g] * weight[c])
-            be[c] = cast_like(x, beta[n, g])
-            ga[c] = cast_like(x, gamma[n, g])
+        for g in range(mean.shape[1]):
+            rs, bg, gg = rstd[n, g], cast_like(x, beta[n, g]), cast_like(x, gamma[n, g])
+            for c in range(g * cg, (g + 1) * cg):
+                al[c] = cast_like(x, rs * weight[c])
+                be[c] = bg
+                ga[c] = gg
         _backward_affine(dy, x, dx, n, p_start, p_stop, hi, lo, al, be, ga)
 
 
@@ -453,8 +471,10 @@ def sample_norm_forward(x, groups, weight, bias, eps, y, mean, rstd):
     per = 1 if flat else cg
     for n in prange(N):
         sh = np.empty(width)  # column c of xs belongs to group c // per
-        for c in range(width):
-            sh[c] = np.float64(x[n, 0, (c // per) * cg, 0])
+        for g in range(groups):
+            s = np.float64(x[n, 0, g * cg, 0])
+            for c in range(g * per, (g + 1) * per):
+                sh[c] = s
         s1 = np.zeros(width)
         s2 = np.zeros(width)
         _add_moments(xs, n, 0, xs.shape[1], sh, s1, s2)
@@ -478,9 +498,7 @@ def sample_norm_forward(x, groups, weight, bias, eps, y, mean, rstd):
         a = np.empty(C, x.dtype)
         b = np.empty(C, x.dtype)
         _split_mean(x, mean, n, cg, hi, lo)
-        for c in range(C):
-            a[c] = cast_like(x, rstd[n, c // cg] * weight[c])
-            b[c] = cast_like(x, bias[c])
+        _scale_shift(x, rstd, weight, bias, n, cg, a, b)
         _affine(x, y, n, 0, P, hi, lo, a, b)
 
 
