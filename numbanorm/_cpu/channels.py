@@ -449,6 +449,48 @@ def _group_backward_runs(dy, x, dx, n, g, mean, rstd, weight, count, sa, sb):
                 dr[q] = al * gr[q] + be * ((xr[q] - h) - l) + ga
 
 
+@helper(inline=True)
+def _instance_pair_backward(dy, x, dx, n, c, mean, rstd, weight, count, sa, sb):
+    """:func:`_group_backward_runs` for instance norm's channels ``c`` and
+    ``c + 1`` of sample ``n`` (``P == 1``, short runs) in one loop each for
+    the sums and for ``dx``: a 49-value run is too short for a loop of its
+    own to pay (a pair's loop overhead is that of one run)."""
+    Q = x.shape[3]
+    x2 = x[n, 0, c:c + 2]  # (2, Q): one array per operand keeps overlap checks few
+    g2 = dy[n, 0, c:c + 2]
+    d2 = dx[n, 0, c:c + 2]
+    m0, m1 = mean[c], mean[c + 1]
+    h0 = cast_like(x, m0)
+    l0 = cast_like(x, m0 - np.float64(h0))
+    h1 = cast_like(x, m1)
+    l1 = cast_like(x, m1 - np.float64(h1))
+    a0 = cast_like(x, 0.0)
+    b0 = cast_like(x, 0.0)
+    a1 = cast_like(x, 0.0)
+    b1 = cast_like(x, 0.0)
+    for q in range(Q):
+        e0 = g2[0, q]
+        e1 = g2[1, q]
+        a0 += e0
+        b0 += e0 * ((x2[0, q] - h0) - l0)
+        a1 += e1
+        b1 += e1 * ((x2[1, q] - h1) - l1)
+    sa[c] = np.float64(a0)
+    sb[c] = np.float64(b0)
+    sa[c + 1] = np.float64(a1)
+    sb[c + 1] = np.float64(b1)
+    r0, r1 = rstd[c], rstd[c + 1]
+    beta0, gamma0 = _group_coefficients(sa, sb, weight, c, 1, r0, count)
+    beta1, gamma1 = _group_coefficients(sa, sb, weight, c + 1, 1, r1, count)
+    al0 = cast_like(x, r0 * weight[c])
+    al1 = cast_like(x, r1 * weight[c + 1])
+    be0, ga0 = cast_like(x, beta0), cast_like(x, gamma0)
+    be1, ga1 = cast_like(x, beta1), cast_like(x, gamma1)
+    for q in range(Q):
+        d2[0, q] = al0 * g2[0, q] + be0 * ((x2[0, q] - h0) - l0) + ga0
+        d2[1, q] = al1 * g2[1, q] + be1 * ((x2[1, q] - h1) - l1) + ga1
+
+
 # ----------------------------------------------------- per-sample kernels ---
 
 
@@ -522,7 +564,12 @@ def sample_norm_backward(dy, x, mean, rstd, weight, sum_dy, sum_dy_xhat, dx):
         if Q > 1:
             # Channels first: one group at a time, its sums and then its dx
             # while the group's runs are still in the L1 cache.
-            for g in range(groups):
+            g = 0
+            if cg == 1 and P == 1 and Q <= SHORT_RUN:
+                while g + 2 <= groups:
+                    _instance_pair_backward(dy, x, dx, n, g, mean[n], rstd[n], weight, count, sa, sb)
+                    g += 2
+            for g in range(g, groups):
                 _group_backward_runs(dy, x, dx, n, g, mean[n], rstd[n], weight, count, sa, sb)
         else:
             hi = np.empty(C, x.dtype)
