@@ -450,45 +450,81 @@ def _group_backward_runs(dy, x, dx, n, g, mean, rstd, weight, count, sa, sb):
 
 
 @helper(inline=True)
-def _instance_pair_backward(dy, x, dx, n, c, mean, rstd, weight, count, sa, sb):
-    """:func:`_group_backward_runs` for instance norm's channels ``c`` and
-    ``c + 1`` of sample ``n`` (``P == 1``, short runs) in one loop each for
-    the sums and for ``dx``: a 49-value run is too short for a loop of its
-    own to pay (a pair's loop overhead is that of one run)."""
-    Q = x.shape[3]
-    x2 = x[n, 0, c:c + 2]  # (2, Q): one array per operand keeps overlap checks few
-    g2 = dy[n, 0, c:c + 2]
-    d2 = dx[n, 0, c:c + 2]
-    m0, m1 = mean[c], mean[c + 1]
-    h0 = cast_like(x, m0)
-    l0 = cast_like(x, m0 - np.float64(h0))
-    h1 = cast_like(x, m1)
-    l1 = cast_like(x, m1 - np.float64(h1))
-    a0 = cast_like(x, 0.0)
-    b0 = cast_like(x, 0.0)
-    a1 = cast_like(x, 0.0)
-    b1 = cast_like(x, 0.0)
-    for q in range(Q):
+def _pair_sums(g2, x2, h0, l0, h1, l1):
+    """``sum(dy)`` and ``sum(dy * ((x - h) - l))`` over two short runs (the rows
+    of ``g2``/``x2``), summed in ``x``'s dtype, returned as float64.
+
+    Two channels share one loop: a 49-value run is too short for a loop of
+    its own to pay (instance norm 256x512x7x7 backward: 1.5x faster in
+    pairs). One array per operand keeps the loop's overlap checks few.
+    """
+    zero = cast_like(x2, 0.0)
+    a0, b0, a1, b1 = zero, zero, zero, zero
+    for q in range(x2.shape[1]):
         e0 = g2[0, q]
         e1 = g2[1, q]
         a0 += e0
         b0 += e0 * ((x2[0, q] - h0) - l0)
         a1 += e1
         b1 += e1 * ((x2[1, q] - h1) - l1)
-    sa[c] = np.float64(a0)
-    sb[c] = np.float64(b0)
-    sa[c + 1] = np.float64(a1)
-    sb[c + 1] = np.float64(b1)
+    return np.float64(a0), np.float64(b0), np.float64(a1), np.float64(b1)
+
+
+@helper(inline=True)
+def _pair_dx(g2, x2, d2, h0, l0, al0, be0, ga0, h1, l1, al1, be1, ga1):
+    """``dx = al*dy + be*((x - h) - l) + ga`` over two short runs, one loop."""
+    for q in range(x2.shape[1]):
+        d2[0, q] = al0 * g2[0, q] + be0 * ((x2[0, q] - h0) - l0) + ga0
+        d2[1, q] = al1 * g2[1, q] + be1 * ((x2[1, q] - h1) - l1) + ga1
+
+
+@helper(inline=True)
+def _group_pairs_backward(dy, x, dx, n, g, mean, rstd, weight, count, sa, sb):
+    """:func:`_group_backward_runs` for a group of an even number of short
+    channels (``P == 1``), two channels per loop."""
+    N, P, C, Q = x.shape
+    cg = C // mean.shape[0]
+    mu = mean[g]
+    h = cast_like(x, mu)
+    l = cast_like(x, mu - np.float64(h))
+    for c in range(g * cg, (g + 1) * cg, 2):
+        sa[c], sb[c], sa[c + 1], sb[c + 1] = _pair_sums(
+            dy[n, 0, c:c + 2], x[n, 0, c:c + 2], h, l, h, l
+        )
+    rs = rstd[g]
+    beta, gamma = _group_coefficients(sa, sb, weight, g, cg, rs, count)
+    be = cast_like(x, beta)
+    ga = cast_like(x, gamma)
+    for c in range(g * cg, (g + 1) * cg, 2):
+        al0 = cast_like(x, rs * weight[c])
+        al1 = cast_like(x, rs * weight[c + 1])
+        _pair_dx(
+            dy[n, 0, c:c + 2], x[n, 0, c:c + 2], dx[n, 0, c:c + 2],
+            h, l, al0, be, ga, h, l, al1, be, ga,
+        )
+
+
+@helper(inline=True)
+def _instance_pair_backward(dy, x, dx, n, c, mean, rstd, weight, count, sa, sb):
+    """:func:`_group_backward_runs` for instance norm's channels ``c`` and
+    ``c + 1`` of sample ``n`` (``P == 1``, short runs), in one loop each for
+    the sums and for ``dx``."""
+    m0, m1 = mean[c], mean[c + 1]
+    h0 = cast_like(x, m0)
+    l0 = cast_like(x, m0 - np.float64(h0))
+    h1 = cast_like(x, m1)
+    l1 = cast_like(x, m1 - np.float64(h1))
+    sa[c], sb[c], sa[c + 1], sb[c + 1] = _pair_sums(
+        dy[n, 0, c:c + 2], x[n, 0, c:c + 2], h0, l0, h1, l1
+    )
     r0, r1 = rstd[c], rstd[c + 1]
     beta0, gamma0 = _group_coefficients(sa, sb, weight, c, 1, r0, count)
     beta1, gamma1 = _group_coefficients(sa, sb, weight, c + 1, 1, r1, count)
-    al0 = cast_like(x, r0 * weight[c])
-    al1 = cast_like(x, r1 * weight[c + 1])
-    be0, ga0 = cast_like(x, beta0), cast_like(x, gamma0)
-    be1, ga1 = cast_like(x, beta1), cast_like(x, gamma1)
-    for q in range(Q):
-        d2[0, q] = al0 * g2[0, q] + be0 * ((x2[0, q] - h0) - l0) + ga0
-        d2[1, q] = al1 * g2[1, q] + be1 * ((x2[1, q] - h1) - l1) + ga1
+    _pair_dx(
+        dy[n, 0, c:c + 2], x[n, 0, c:c + 2], dx[n, 0, c:c + 2],
+        h0, l0, cast_like(x, r0 * weight[c]), cast_like(x, beta0), cast_like(x, gamma0),
+        h1, l1, cast_like(x, r1 * weight[c + 1]), cast_like(x, beta1), cast_like(x, gamma1),
+    )
 
 
 # ----------------------------------------------------- per-sample kernels ---
@@ -569,8 +605,12 @@ def sample_norm_backward(dy, x, mean, rstd, weight, sum_dy, sum_dy_xhat, dx):
                 while g + 2 <= groups:
                     _instance_pair_backward(dy, x, dx, n, g, mean[n], rstd[n], weight, count, sa, sb)
                     g += 2
+            short_pairs = cg % 2 == 0 and P == 1 and Q <= SHORT_RUN
             for g in range(g, groups):
-                _group_backward_runs(dy, x, dx, n, g, mean[n], rstd[n], weight, count, sa, sb)
+                if short_pairs:
+                    _group_pairs_backward(dy, x, dx, n, g, mean[n], rstd[n], weight, count, sa, sb)
+                else:
+                    _group_backward_runs(dy, x, dx, n, g, mean[n], rstd[n], weight, count, sa, sb)
         else:
             hi = np.empty(C, x.dtype)
             lo = np.empty(C, x.dtype)
