@@ -79,94 +79,104 @@ def _add_moments(x, n, p, p_stop, sh, s1, s2):
 
 @helper
 def _affine(x, y, n, p_start, p_stop, hi, lo, a, b):
-    """``y = ((x - hi[c]) - lo[c]) * a[c] + b[c]`` over rows ``p_start:p_stop``."""
+    """Channels last (``Q == 1``): ``y = ((x - hi[c]) - lo[c]) * a[c] + b[c]``
+    over rows ``p_start:p_stop``."""
     N, P, C, Q = x.shape
-    if Q == 1:
-        x3 = x.reshape((N, P, C))
-        y3 = y.reshape((N, P, C))
-        for p in range(p_start, p_stop):
-            for c in range(C):
-                y3[n, p, c] = ((x3[n, p, c] - hi[c]) - lo[c]) * a[c] + b[c]
-    else:
-        for p in range(p_start, p_stop):
-            for c in range(C):
-                h, l, ac, bc = hi[c], lo[c], a[c], b[c]
-                for q in range(Q):
-                    y[n, p, c, q] = ((x[n, p, c, q] - h) - l) * ac + bc
+    x3 = x.reshape((N, P, C))
+    y3 = y.reshape((N, P, C))
+    for p in range(p_start, p_stop):
+        for c in range(C):
+            y3[n, p, c] = ((x3[n, p, c] - hi[c]) - lo[c]) * a[c] + b[c]
 
 
 @helper
 def _add_grad_sums(dy, x, n, p, p_stop, hi, lo, sa, sb):
-    """Add ``sum(dy)`` and ``sum(dy * (x - mean[c]))`` over rows ``p:p_stop``
-    into ``sa[c]``, ``sb[c]`` (float64), with ``mean = hi + lo``."""
+    """Channels last (``Q == 1``): add ``sum(dy)`` and ``sum(dy * (x - mean[c]))``
+    over rows ``p:p_stop`` into ``sa[c]``, ``sb[c]`` (float64), with
+    ``mean = hi + lo``."""
     N, P, C, Q = x.shape
-    if Q == 1:
-        x3 = x.reshape((N, P, C))
-        dy3 = dy.reshape((N, P, C))
-        while p + ROW_BLOCK <= p_stop:
-            for c in range(C):
-                h, l = hi[c], lo[c]
-                g0 = np.float64(dy3[n, p, c])
-                g1 = np.float64(dy3[n, p + 1, c])
-                g2 = np.float64(dy3[n, p + 2, c])
-                g3 = np.float64(dy3[n, p + 3, c])
-                g4 = np.float64(dy3[n, p + 4, c])
-                g5 = np.float64(dy3[n, p + 5, c])
-                g6 = np.float64(dy3[n, p + 6, c])
-                g7 = np.float64(dy3[n, p + 7, c])
-                sa[c] += ((g0 + g1) + (g2 + g3)) + ((g4 + g5) + (g6 + g7))
-                sb[c] += (
-                    (
-                        g0 * np.float64((x3[n, p, c] - h) - l)
-                        + g1 * np.float64((x3[n, p + 1, c] - h) - l)
-                    )
-                    + (
-                        g2 * np.float64((x3[n, p + 2, c] - h) - l)
-                        + g3 * np.float64((x3[n, p + 3, c] - h) - l)
-                    )
-                ) + (
-                    (
-                        g4 * np.float64((x3[n, p + 4, c] - h) - l)
-                        + g5 * np.float64((x3[n, p + 5, c] - h) - l)
-                    )
-                    + (
-                        g6 * np.float64((x3[n, p + 6, c] - h) - l)
-                        + g7 * np.float64((x3[n, p + 7, c] - h) - l)
-                    )
-                )
-            p += ROW_BLOCK
-    for p in range(p, p_stop):
+    x3 = x.reshape((N, P, C))
+    dy3 = dy.reshape((N, P, C))
+    while p + ROW_BLOCK <= p_stop:
         for c in range(C):
             h, l = hi[c], lo[c]
-            a1 = 0.0
-            a2 = 0.0
-            for q in range(Q):
-                g = np.float64(dy[n, p, c, q])
-                a1 += g
-                a2 += g * np.float64((x[n, p, c, q] - h) - l)
-            sa[c] += a1
-            sb[c] += a2
+            g0 = np.float64(dy3[n, p, c])
+            g1 = np.float64(dy3[n, p + 1, c])
+            g2 = np.float64(dy3[n, p + 2, c])
+            g3 = np.float64(dy3[n, p + 3, c])
+            g4 = np.float64(dy3[n, p + 4, c])
+            g5 = np.float64(dy3[n, p + 5, c])
+            g6 = np.float64(dy3[n, p + 6, c])
+            g7 = np.float64(dy3[n, p + 7, c])
+            sa[c] += ((g0 + g1) + (g2 + g3)) + ((g4 + g5) + (g6 + g7))
+            sb[c] += (
+                (
+                    g0 * np.float64((x3[n, p, c] - h) - l)
+                    + g1 * np.float64((x3[n, p + 1, c] - h) - l)
+                )
+                + (
+                    g2 * np.float64((x3[n, p + 2, c] - h) - l)
+                    + g3 * np.float64((x3[n, p + 3, c] - h) - l)
+                )
+            ) + (
+                (
+                    g4 * np.float64((x3[n, p + 4, c] - h) - l)
+                    + g5 * np.float64((x3[n, p + 5, c] - h) - l)
+                )
+                + (
+                    g6 * np.float64((x3[n, p + 6, c] - h) - l)
+                    + g7 * np.float64((x3[n, p + 7, c] - h) - l)
+                )
+            )
+        p += ROW_BLOCK
+    for p in range(p, p_stop):
+        for c in range(C):
+            g = np.float64(dy3[n, p, c])
+            sa[c] += g
+            sb[c] += g * np.float64((x3[n, p, c] - hi[c]) - lo[c])
 
 
 @helper
 def _backward_affine(dy, x, dx, n, p_start, p_stop, hi, lo, al, be, ga):
-    """``dx = al[c]*dy + be[c]*((x - hi[c]) - lo[c]) + ga[c]`` over rows ``p_start:p_stop``."""
+    """Channels last (``Q == 1``): ``dx = al[c]*dy + be[c]*((x - hi[c]) - lo[c])
+    + ga[c]`` over rows ``p_start:p_stop``."""
     N, P, C, Q = x.shape
-    if Q == 1:
-        x3 = x.reshape((N, P, C))
-        dy3 = dy.reshape((N, P, C))
-        dx3 = dx.reshape((N, P, C))
-        for p in range(p_start, p_stop):
-            for c in range(C):
-                dx3[n, p, c] = (
-                    al[c] * dy3[n, p, c] + be[c] * ((x3[n, p, c] - hi[c]) - lo[c]) + ga[c]
-                )
-    else:
-        for p in range(p_start, p_stop):
-            for c in range(C):
-                h, l, a, b, g0 = hi[c], lo[c], al[c], be[c], ga[c]
-                for q in range(Q):
-                    dx[n, p, c, q] = a * dy[n, p, c, q] + b * ((x[n, p, c, q] - h) - l) + g0
+    x3 = x.reshape((N, P, C))
+    dy3 = dy.reshape((N, P, C))
+    dx3 = dx.reshape((N, P, C))
+    for p in range(p_start, p_stop):
+        for c in range(C):
+            dx3[n, p, c] = al[c] * dy3[n, p, c] + be[c] * ((x3[n, p, c] - hi[c]) - lo[c]) + ga[c]
+
+
+@helper(inline=True)
+def _run_grad_sums(gr, xr, h, l):
+    """``sum(dy)`` and ``sum(dy * ((x - h) - l))`` over one channel's run, as
+    float64. A run of at most ``SHORT_RUN`` values is summed in ``x``'s dtype
+    first (one float32 sum of a few hundred values: float64 products cost
+    7-10% of a 7x7 backward)."""
+    if xr.shape[0] <= SHORT_RUN:
+        b1 = cast_like(xr, 0.0)
+        b2 = cast_like(xr, 0.0)
+        for q in range(xr.shape[0]):
+            d = gr[q]
+            b1 += d
+            b2 += d * ((xr[q] - h) - l)
+        return np.float64(b1), np.float64(b2)
+    a1 = 0.0
+    a2 = 0.0
+    for q in range(xr.shape[0]):
+        d = np.float64(gr[q])
+        a1 += d
+        a2 += d * np.float64((xr[q] - h) - l)
+    return a1, a2
+
+
+@helper(inline=True)
+def _run_dx(gr, xr, dr, h, l, al, be, ga):
+    """``dx = al*dy + be*((x - h) - l) + ga`` over one channel's run."""
+    for q in range(xr.shape[0]):
+        dr[q] = al * gr[q] + be * ((xr[q] - h) - l) + ga
 
 
 @helper
@@ -210,14 +220,7 @@ def _add_grad_sums_runs(dy, x, n, p_start, p_stop, mean, sa, sb):
             h = cast_like(x, mu)
             l = cast_like(x, mu - np.float64(h))
             for c in range(g * cg, (g + 1) * cg):
-                xr = x[n, p, c]
-                gr = dy[n, p, c]
-                a1 = 0.0
-                a2 = 0.0
-                for q in range(Q):
-                    d = np.float64(gr[q])
-                    a1 += d
-                    a2 += d * np.float64((xr[q] - h) - l)
+                a1, a2 = _run_grad_sums(dy[n, p, c], x[n, p, c], h, l)
                 sa[c] += a1
                 sb[c] += a2
 
@@ -240,11 +243,7 @@ def _backward_runs(dy, x, dx, n, p_start, p_stop, mean, rstd, weight, beta, gamm
             ga = cast_like(x, gamma[g])
             for c in range(g * cg, (g + 1) * cg):
                 al = cast_like(x, rs * weight[c])
-                xr = x[n, p, c]
-                gr = dy[n, p, c]
-                dr = dx[n, p, c]
-                for q in range(Q):
-                    dr[q] = al * gr[q] + be * ((xr[q] - h) - l) + ga
+                _run_dx(dy[n, p, c], x[n, p, c], dx[n, p, c], h, l, al, be, ga)
 
 
 @helper
@@ -403,10 +402,6 @@ def _group_backward_runs(dy, x, dx, n, g, mean, rstd, weight, count, sa, sb):
     """Channels first (``Q > 1``), group ``g`` of sample ``n``: its channels'
     float64 sums of ``dy`` and ``dy * (x - mean)`` into ``sa``/``sb``, then its
     ``dx`` (see :func:`sample_norm_backward`).
-
-    A run of at most ``SHORT_RUN`` values is summed in ``x``'s dtype before
-    its sum joins the float64 ones (one float32 sum of a few hundred values:
-    float64 products cost 7-10% of a 7x7 backward).
     """
     N, P, C, Q = x.shape
     cg = C // mean.shape[0]
@@ -415,24 +410,7 @@ def _group_backward_runs(dy, x, dx, n, g, mean, rstd, weight, count, sa, sb):
     l = cast_like(x, mu - np.float64(h))
     for p in range(P):
         for c in range(g * cg, (g + 1) * cg):
-            xr = x[n, p, c]
-            gr = dy[n, p, c]
-            if Q <= SHORT_RUN:
-                b1 = cast_like(x, 0.0)
-                b2 = cast_like(x, 0.0)
-                for q in range(Q):
-                    d = gr[q]
-                    b1 += d
-                    b2 += d * ((xr[q] - h) - l)
-                sa[c] += np.float64(b1)
-                sb[c] += np.float64(b2)
-                continue
-            a1 = 0.0
-            a2 = 0.0
-            for q in range(Q):
-                d = np.float64(gr[q])
-                a1 += d
-                a2 += d * np.float64((xr[q] - h) - l)
+            a1, a2 = _run_grad_sums(dy[n, p, c], x[n, p, c], h, l)
             sa[c] += a1
             sb[c] += a2
     rs = rstd[g]
@@ -442,11 +420,7 @@ def _group_backward_runs(dy, x, dx, n, g, mean, rstd, weight, count, sa, sb):
     for p in range(P):
         for c in range(g * cg, (g + 1) * cg):
             al = cast_like(x, rs * weight[c])
-            xr = x[n, p, c]
-            gr = dy[n, p, c]
-            dr = dx[n, p, c]
-            for q in range(Q):
-                dr[q] = al * gr[q] + be * ((xr[q] - h) - l) + ga
+            _run_dx(dy[n, p, c], x[n, p, c], dx[n, p, c], h, l, al, be, ga)
 
 
 @helper(inline=True)
