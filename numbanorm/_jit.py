@@ -172,3 +172,13 @@ def helper(func=None, *, inline=False):
     if func is None:
         return lambda f: njit(**options)(f)
     return njit(**options)(func)
+
+
+@helper(inline=True)
+def split_like(arr, value):
+    """The float64 ``value`` as ``hi + lo``, both of ``arr``'s element type:
+    ``hi`` is ``value`` rounded and ``lo`` the rest, rounded. With ``hi`` close
+    to ``x``, ``(x - hi) - lo`` is ``x - value`` to the accuracy of ``x``'s
+    dtype, without the cancellation of ``x - round(value)``."""
+    hi = cast_like(arr, value)
+    return hi, cast_like(arr, value - np.float64(hi))

@@ -27,7 +27,7 @@ difference.
 import numpy as np
 from numba import prange
 
-from .._jit import cast_like, helper, kernel
+from .._jit import cast_like, helper, kernel, split_like
 
 #: Channels-last reductions fold this many rows together in float64 registers
 #: before updating the per-channel sums, so the sums are loaded and stored once
@@ -194,8 +194,7 @@ def _affine_runs(x, y, n, p_start, p_stop, mean, rstd, weight, bias):
     for p in range(p_start, p_stop):
         for g in range(groups):
             mu = mean[g]
-            h = cast_like(x, mu)
-            l = cast_like(x, mu - np.float64(h))
+            h, l = split_like(x, mu)
             rs = rstd[g]
             for c in range(g * cg, (g + 1) * cg):
                 ac = cast_like(x, rs * weight[c])
@@ -217,8 +216,7 @@ def _add_grad_sums_runs(dy, x, n, p_start, p_stop, mean, sa, sb):
     for p in range(p_start, p_stop):
         for g in range(groups):
             mu = mean[g]
-            h = cast_like(x, mu)
-            l = cast_like(x, mu - np.float64(h))
+            h, l = split_like(x, mu)
             for c in range(g * cg, (g + 1) * cg):
                 a1, a2 = _run_grad_sums(dy[n, p, c], x[n, p, c], h, l)
                 sa[c] += a1
@@ -236,8 +234,7 @@ def _backward_runs(dy, x, dx, n, p_start, p_stop, mean, rstd, weight, beta, gamm
     for p in range(p_start, p_stop):
         for g in range(groups):
             mu = mean[g]
-            h = cast_like(x, mu)
-            l = cast_like(x, mu - np.float64(h))
+            h, l = split_like(x, mu)
             rs = rstd[g]
             be = cast_like(x, beta[g])
             ga = cast_like(x, gamma[g])
@@ -256,8 +253,7 @@ def _split_mean(x, mean, n, cg, hi, lo):
     """
     for g in range(mean.shape[1]):
         mu = mean[n, g]
-        h = cast_like(x, mu)
-        l = cast_like(x, mu - np.float64(h))
+        h, l = split_like(x, mu)
         for c in range(g * cg, (g + 1) * cg):
             hi[c] = h
             lo[c] = l
@@ -406,8 +402,7 @@ def _group_backward_runs(dy, x, dx, n, g, mean, rstd, weight, count, sa, sb):
     N, P, C, Q = x.shape
     cg = C // mean.shape[0]
     mu = mean[g]
-    h = cast_like(x, mu)
-    l = cast_like(x, mu - np.float64(h))
+    h, l = split_like(x, mu)
     for p in range(P):
         for c in range(g * cg, (g + 1) * cg):
             a1, a2 = _run_grad_sums(dy[n, p, c], x[n, p, c], h, l)
@@ -459,8 +454,7 @@ def _group_pairs_backward(dy, x, dx, n, g, mean, rstd, weight, count, sa, sb):
     N, P, C, Q = x.shape
     cg = C // mean.shape[0]
     mu = mean[g]
-    h = cast_like(x, mu)
-    l = cast_like(x, mu - np.float64(h))
+    h, l = split_like(x, mu)
     for c in range(g * cg, (g + 1) * cg, 2):
         sa[c], sb[c], sa[c + 1], sb[c + 1] = _pair_sums(
             dy[n, 0, c:c + 2], x[n, 0, c:c + 2], h, l, h, l
@@ -484,10 +478,8 @@ def _instance_pair_backward(dy, x, dx, n, c, mean, rstd, weight, count, sa, sb):
     ``c + 1`` of sample ``n`` (``P == 1``, short runs), in one loop each for
     the sums and for ``dx``."""
     m0, m1 = mean[c], mean[c + 1]
-    h0 = cast_like(x, m0)
-    l0 = cast_like(x, m0 - np.float64(h0))
-    h1 = cast_like(x, m1)
-    l1 = cast_like(x, m1 - np.float64(h1))
+    h0, l0 = split_like(x, m0)
+    h1, l1 = split_like(x, m1)
     sa[c], sb[c], sa[c + 1], sb[c + 1] = _pair_sums(
         dy[n, 0, c:c + 2], x[n, 0, c:c + 2], h0, l0, h1, l1
     )

@@ -13,7 +13,7 @@ runs at float32 vector width.
 import numpy as np
 from numba import prange
 
-from .._jit import cast_like, kernel
+from .._jit import cast_like, kernel, split_like
 
 #: Rows whose parameter-gradient terms are added together (see row_backward).
 PARAM_ROWS = 4
@@ -49,8 +49,7 @@ def row_forward(x, weight, bias, eps, center, y, mean, rstd):
         rs = 1.0 / np.sqrt(var + eps)
         mean[r] = mu
         rstd[r] = rs
-        hi = cast_like(x, mu)
-        lo = cast_like(x, mu - np.float64(hi))
+        hi, lo = split_like(x, mu)
         rs_x = cast_like(x, rs)
         for j in range(n):
             y[r, j] = ((x[r, j] - hi) - lo) * rs_x * weight[j] + bias[j]
@@ -90,8 +89,7 @@ def row_backward(
             for r in range(r0, r1):
                 mu = mean[r]
                 rs = rstd[r]
-                hi = cast_like(x, mu)
-                lo = cast_like(x, mu - np.float64(hi))
+                hi, lo = split_like(x, mu)
                 rs_x = cast_like(x, rs)
                 sg = 0.0
                 sgx = 0.0
