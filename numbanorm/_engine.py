@@ -143,7 +143,7 @@ def row_forward(xk, weight, bias, eps, center, yk):
 def row_backward(dyk, xk, mean, rstd, weight, center, param_grads, dxk):
     """dx into ``dxk``; returns float64 ``(dweight, dbias)`` sums (or Nones)."""
     rows, length = xk.shape
-    w = weight.reshape(-1) if weight is not None else np.ones(length)
+    w = _flat(weight) if weight is not None else np.ones(length)
     rows_per_block = max(MIN_ROWS_PER_BLOCK, -(-rows // ROW_BLOCKS))
     nblocks = -(-rows // rows_per_block)
     part_shape = (nblocks, length if param_grads else 0)
