@@ -63,11 +63,23 @@ def test_serial_and_parallel_builds_give_bitwise_identical_results(name, dtype, 
         assert a.tobytes() == b_.tobytes()
 
 
-def test_the_wake_probe_answers_once_and_small_inputs_stay_serial():
+def test_the_wake_probe_runs_once_and_small_inputs_stay_serial(monkeypatch):
     from numbanorm import _cpu
 
-    assert _jit.pool_sleeps() in (True, False)
-    assert _jit.pool_sleeps() is _jit.pool_sleeps()
+    probe = _jit._wake_probe
+    calls = []
+
+    def counted(a):
+        calls.append(1)
+        probe(a)
+
+    monkeypatch.setattr(_jit, "_pool_sleeps", [])  # as in a new process
+    monkeypatch.setattr(_jit, "_wake_probe", counted)
+    first = _jit.pool_sleeps()
+    probes = len(calls)
+    assert probes > 0
+    assert _jit.pool_sleeps() == first
+    assert len(calls) == probes  # measured once, then remembered
     kernel = _cpu.row_forward
     assert kernel.for_size(_jit.SERIAL_MAX_ELEMENTS - 1) is kernel.serial
     assert kernel.for_size(_jit.PASSIVE_SERIAL_MAX_ELEMENTS) is kernel.parallel
