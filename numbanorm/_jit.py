@@ -174,6 +174,32 @@ def helper(func=None, *, inline=False):
     return njit(**options)(func)
 
 
+#: Scratch arrays made in kernels, and large outputs, start on a boundary of
+#: this many bytes, a cache line: a 64-byte vector load from a 32-byte aligned
+#: address (Numba's own alignment) spans two lines, and loops that read
+#: per-channel coefficients paid for it (batch norm channels-last apply,
+#: 256x7x7x512: 0.79 ms with 32-byte aligned coefficients, 0.57 ms with
+#: 64-byte aligned ones).
+ALIGN_BYTES = 64
+
+
+@helper(inline=True)
+def aligned_empty(n, like):
+    """``np.empty(n, like.dtype)`` whose first element starts on an
+    ``ALIGN_BYTES`` boundary (usable inside kernels)."""
+    buf = np.empty(n + ALIGN_BYTES // like.itemsize, like.dtype)
+    skip = ((-buf.ctypes.data) % ALIGN_BYTES) // like.itemsize
+    return buf[skip:skip + n]
+
+
+@helper(inline=True)
+def aligned_zeros(n, like):
+    """:func:`aligned_empty` filled with zeros."""
+    a = aligned_empty(n, like)
+    a[:] = 0
+    return a
+
+
 @helper(inline=True)
 def split_like(arr, value):
     """The float64 ``value`` as ``hi + lo``, both of ``arr``'s element type:
