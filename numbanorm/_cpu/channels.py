@@ -216,11 +216,11 @@ def _affine_runs(x, y, n, p_start, p_stop, mean, rstd, weight, bias):
             rs = rstd[g]
             for c in range(g * cg, (g + 1) * cg):
                 ac = cast_like(x, rs * weight[c])
-                bc = cast_like(x, bias[c])
+                bc = cast_like(x, bias[c] - np.float64(l) * np.float64(ac))
                 xr = x[n, p, c]
                 yr = y[n, p, c]
                 for q in range(Q):
-                    yr[q] = ((xr[q] - h) - l) * ac + bc
+                    yr[q] = (xr[q] - h) * ac + bc
 
 
 @helper
