@@ -15,6 +15,10 @@ garbage-collected), so no memory that the caller can still see is ever
 written. At most :data:`REUSE_MAX_BYTES` are kept (the environment variable
 ``NUMBANORM_REUSE_BYTES`` sets it; 0 turns reuse off), and
 :func:`numbanorm.release_memory` gives them all back to the system.
+
+These large outputs start on a cache line (NumPy's start 16 bytes past one),
+reused or not, so the kernels may write them with non-temporal stores (see
+:func:`numbanorm._jit.stream_out`).
 """
 
 import math
@@ -22,6 +26,8 @@ import os
 import threading
 
 import numpy as np
+
+from ._jit import ALIGN_BYTES
 
 #: Outputs from this size on come from reusable blocks; smaller ones are plain
 #: ``np.empty`` (glibc's heap already recycles them).
@@ -47,10 +53,11 @@ class _Lease:
 
     def __init__(self, block, shape, dtype):
         self.block = block
+        start = block.ctypes.data
         self.__array_interface__ = {
             "shape": shape,
             "typestr": dtype.str,
-            "data": (block.ctypes.data, False),
+            "data": (start + (-start) % ALIGN_BYTES, False),
             "version": 3,
         }
 
@@ -77,14 +84,14 @@ def _take(nbytes):
 
 
 def empty(shape, dtype):
-    """``np.empty(shape, dtype)`` (``dtype`` a ``np.dtype``), from a reused block
-    when it is large."""
+    """``np.empty(shape, dtype)`` (``dtype`` a ``np.dtype``); when it is large,
+    from a reused block and starting on a cache line."""
     nbytes = math.prod(shape) * dtype.itemsize
-    if nbytes < REUSE_MIN_BYTES or REUSE_MAX_BYTES <= 0:
+    if nbytes < REUSE_MIN_BYTES:
         return np.empty(shape, dtype)
-    block = _take(nbytes)
+    block = _take(nbytes + ALIGN_BYTES) if REUSE_MAX_BYTES > 0 else None
     if block is None:
-        block = np.empty(nbytes, np.uint8)
+        block = np.empty(nbytes + ALIGN_BYTES, np.uint8)
     return np.asarray(_Lease(block, tuple(shape), dtype))
 
 
