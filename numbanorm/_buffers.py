@@ -69,9 +69,18 @@ class _Lease:
 
 
 def _give_back(block):
+    """Keep ``block`` for reuse, dropping the oldest kept blocks if they leave
+    no room: the block just freed is the likeliest to be asked for again (a
+    list full of one workload's blocks would otherwise turn every output of
+    the next into new, page-faulting memory; measured in the benchmark, after
+    the 128 MiB layer-norm rows: batch norm 32x56x56x64 forward 1.26 ms
+    against 0.70 ms)."""
+    if block.nbytes > REUSE_MAX_BYTES:
+        return
     with _lock:
-        if _free_bytes() + block.nbytes <= REUSE_MAX_BYTES:
-            _free.append(block)
+        while _free and _free_bytes() + block.nbytes > REUSE_MAX_BYTES:
+            del _free[0]
+        _free.append(block)
 
 
 def _take(nbytes):

@@ -81,6 +81,24 @@ def test_at_most_the_configured_bytes_are_kept(x, monkeypatch):
     assert nn.release_memory() == block
 
 
+def test_a_full_list_makes_room_for_the_block_just_freed(x, monkeypatch):
+    # Blocks of one workload must not shut out the next one's outputs.
+    other = np.concatenate([x, x[:1]])  # a slightly larger output
+    a_block = x.nbytes + _buffers.ALIGN_BYTES
+    b_block = other.nbytes + _buffers.ALIGN_BYTES
+    monkeypatch.setattr(_buffers, "REUSE_MAX_BYTES", a_block + b_block - 1)  # not both
+    a, _ = nn.layer_norm(x)
+    del a  # kept: the list is full
+    b, _ = nn.layer_norm(other)
+    first = _address(b)
+    del b  # kept, the older block dropped
+    b, _ = nn.layer_norm(other)
+    assert _address(b) == first
+    np.testing.assert_allclose(b, reference.layer_norm(other.astype(np.float64)), atol=2e-6)
+    del b
+    assert nn.release_memory() == b_block
+
+
 def test_reuse_can_be_turned_off_and_blocks_outlive_the_interpreter_quietly():
     code = (
         "import numpy as np, numbanorm as nn\n"
