@@ -17,6 +17,8 @@ from .._jit import cast_like, kernel, split_like
 
 #: Rows whose parameter-gradient terms are added together (see row_backward).
 PARAM_ROWS = 4
+#: Rows at least this long take dx and the parameter terms in one loop.
+FUSED_ROW_MIN = 2048
 
 
 @kernel
@@ -72,20 +74,30 @@ def row_backward(
     in ``x``'s dtype and then to the float64 sums: those sums are twice a
     row's length, and loading and storing them once per row cost more than
     the rest of the pass (LN 8192x4096: 13.5 ms with parameter gradients,
-    8.3 ms without).
+    8.3 ms without). Rows of at least ``FUSED_ROW_MIN`` values (too long for
+    four of them to stay in L1) take their ``dx`` and their parameter terms
+    in one loop over the four rows, which reads them once instead of twice
+    (LN 8192x4096, one thread: 21.0 ms against 18.2 ms); shorter rows keep
+    the two loops, which vectorize better (LN 16384x512: 4.6 ms against
+    6.9 ms fused). Both orders give the same bits.
     """
     rows, n = x.shape
     nblocks = (rows + rows_per_block - 1) // rows_per_block
+    fused = param_grads and n >= FUSED_ROW_MIN
     for k in prange(nblocks):
         width = n if param_grads else 0
         dw = np.zeros(width)
         db = np.zeros(width)
-        his = np.empty(PARAM_ROWS, x.dtype)  # the last few rows' hi, lo, rstd
+        # the last few rows' hi, lo, rstd and the two dx coefficients
+        his = np.empty(PARAM_ROWS, x.dtype)
         los = np.empty(PARAM_ROWS, x.dtype)
         rss = np.empty(PARAM_ROWS, x.dtype)
+        cgs = np.empty(PARAM_ROWS, x.dtype)
+        cgxs = np.empty(PARAM_ROWS, x.dtype)
         stop = min(rows, (k + 1) * rows_per_block)
         for r0 in range(k * rows_per_block, stop, PARAM_ROWS):
             r1 = min(stop, r0 + PARAM_ROWS)
+            four = fused and r1 - r0 == PARAM_ROWS  # dx in the fused loop below
             for r in range(r0, r1):
                 mu = mean[r]
                 rs = rstd[r]
@@ -100,10 +112,13 @@ def row_backward(
                     sgx += g * xh
                 cg = cast_like(x, sg / n if center else 0.0)
                 cgx = cast_like(x, sgx / n)
+                his[r - r0], los[r - r0], rss[r - r0] = hi, lo, rs_x
+                cgs[r - r0], cgxs[r - r0] = cg, cgx
+                if four:
+                    continue
                 for j in range(n):
                     xh = ((x[r, j] - hi) - lo) * rs_x
                     dx[r, j] = rs_x * (dy[r, j] * weight[j] - cg - xh * cgx)
-                his[r - r0], los[r - r0], rss[r - r0] = hi, lo, rs_x
             if not param_grads:
                 continue
             if r1 - r0 == PARAM_ROWS:
@@ -112,6 +127,24 @@ def row_backward(
                 s0, s1, s2, s3 = rss[0], rss[1], rss[2], rss[3]
                 g4 = dy[r0:r1]  # one array each: the loop needs few overlap checks
                 x4 = x[r0:r1]
+                if four:
+                    c0, c1, c2, c3 = cgs[0], cgs[1], cgs[2], cgs[3]
+                    e0, e1, e2, e3 = cgxs[0], cgxs[1], cgxs[2], cgxs[3]
+                    d4 = dx[r0:r1]
+                    for j in range(n):
+                        wj = weight[j]
+                        g0, g1, g2, g3 = g4[0, j], g4[1, j], g4[2, j], g4[3, j]
+                        xh0 = ((x4[0, j] - h0) - l0) * s0
+                        xh1 = ((x4[1, j] - h1) - l1) * s1
+                        xh2 = ((x4[2, j] - h2) - l2) * s2
+                        xh3 = ((x4[3, j] - h3) - l3) * s3
+                        d4[0, j] = s0 * (g0 * wj - c0 - xh0 * e0)
+                        d4[1, j] = s1 * (g1 * wj - c1 - xh1 * e1)
+                        d4[2, j] = s2 * (g2 * wj - c2 - xh2 * e2)
+                        d4[3, j] = s3 * (g3 * wj - c3 - xh3 * e3)
+                        dw[j] += np.float64((g0 * xh0 + g1 * xh1) + (g2 * xh2 + g3 * xh3))
+                        db[j] += np.float64((g0 + g1) + (g2 + g3))
+                    continue
                 for j in range(n):
                     g0, g1, g2, g3 = g4[0, j], g4[1, j], g4[2, j], g4[3, j]
                     t0 = g0 * (((x4[0, j] - h0) - l0) * s0)
