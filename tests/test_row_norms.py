@@ -59,6 +59,29 @@ def test_rms_norm_matches_reference(sa, seed, dtype, with_weight):
         assert_close(dw, rdw, RTOL[dtype] * 10, "dweight")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("center", [True, False])
+def test_long_rows_backward_matches_reference(dtype, center, rng):
+    # Rows of FUSED_ROW_MIN values and more take dx and the parameter terms in
+    # one loop over 4 rows; 7 rows leave a block of 3 for the plain loops.
+    from numbanorm._cpu.rows import FUSED_ROW_MIN
+
+    x = normal(rng, (7, FUSED_ROW_MIN + 16), dtype, loc=3.0)
+    dy = normal(rng, x.shape, dtype)
+    w = normal(rng, x.shape[-1:])
+    if center:
+        y, saved = nn.layer_norm(x, w, w)
+        dx, dw, db = nn.layer_norm_backward(dy, x, saved, w)
+        rdx, rdw, rdb = ref.layer_norm_backward(dy, x, w)
+        assert_close(db, rdb, RTOL[dtype] * 10, "dbias")
+    else:
+        y, saved = nn.rms_norm(x, w)
+        dx, dw = nn.rms_norm_backward(dy, x, saved, w)
+        rdx, rdw = ref.rms_norm_backward(dy, x, w)
+    assert_close(dx, rdx, RTOL[dtype] * 10, "dx")
+    assert_close(dw, rdw, RTOL[dtype] * 10, "dweight")
+
+
 @given(shape_and_axes(max_dims=3, max_side=4), seeds)
 def test_layer_norm_gradients_equal_finite_differences(sa, seed):
     shape, axis = sa
