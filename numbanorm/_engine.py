@@ -18,6 +18,7 @@ channel, and form each channel's coefficients themselves: no ``(N, C)``
 arrays are built on the host.
 """
 
+import numba
 import numpy as np
 
 from . import _cpu as backend
@@ -252,7 +253,7 @@ def group_backward(dyk, xk, mean, rstd, weight, batch_stats, param_grads, dxk):
                 dweight = (sum_dy_xc * _per_channel(rstd, cg)).sum(axis=0)
                 dbias = sum_dy.sum(axis=0)
     backend.channel_backward_apply.for_size(xk.size)(
-        dyk, xk, mean, rstd, w, beta, gamma, chunk, dxk
+        dyk, xk, mean, rstd, w, beta, gamma, chunk, numba.get_num_threads(), dxk
     )
     return dweight, dbias
 
