@@ -425,15 +425,17 @@ def channel_backward_apply(dy, x, mean, rstd, weight, beta, gamma, p_chunk, thre
 
     Statistics and ``beta``/``gamma`` are float64 per ``(n, group)``,
     ``weight`` float64 per channel. ``threads`` (the pool's size) only orders
-    the channels-last tasks (see :func:`_mirrored_task`).
+    the tasks (see :func:`_mirrored_task`).
     """
     N, P, C, Q = x.shape
     cg = C // mean.shape[1]
     nchunks = (P + p_chunk - 1) // p_chunk
+    tasks = N * nchunks
     if Q > 1:
-        for t in prange(N * nchunks):
-            n = t // nchunks
-            k = t - n * nchunks
+        for t in prange(tasks):
+            u = _mirrored_task(np.int64(t), tasks, threads)
+            n = u // nchunks
+            k = u - n * nchunks
             p_start, p_stop = k * p_chunk, min(P, (k + 1) * p_chunk)
             _backward_runs(
                 dy, x, dx, n, p_start, p_stop, mean[n], rstd[n], weight, beta[n], gamma[n]
@@ -447,7 +449,6 @@ def channel_backward_apply(dy, x, mean, rstd, weight, beta, gamma, p_chunk, thre
         _backward_coefficients(
             x, mean, rstd, weight, beta[n], gamma[n], n, cg, hi[n], al[n], be[n], ga[n]
         )
-    tasks = N * nchunks
     for t in prange(tasks):
         u = _mirrored_task(np.int64(t), tasks, threads)
         n = u // nchunks
