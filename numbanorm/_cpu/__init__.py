@@ -12,6 +12,7 @@ from .channels import (
     channel_moments,
     sample_norm_backward,
     sample_norm_forward,
+    stream_channels,
 )
 from .rows import row_backward, row_forward, row_scale_backward, row_scale_forward
 
@@ -23,6 +24,7 @@ __all__ = [
     "row_backward",
     "sample_norm_backward",
     "sample_norm_forward",
+    "stream_channels",
     "row_forward",
     "row_scale_backward",
     "row_scale_forward",
