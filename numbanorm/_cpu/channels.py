@@ -411,7 +411,9 @@ def _mirrored_task(t, tasks, threads):
     indices (Numba's static schedule gives thread ``i`` the ``i``-th of
     ``threads`` nearly equal contiguous ranges) runs from its last chunk to
     its first, so the thread starts on what it read last, still in its cache
-    (batch norm channels-last backward, 2 threads: 4-7% faster). Only the
+    (batch norm channels-last backward, 2 threads: 4-7% faster in paired
+    kernel runs in one process; runs of the public function in separate
+    processes vary too much to show it). Only the
     order changes: each task computes the same values, so results do not
     depend on ``threads``.
     """
