@@ -135,6 +135,8 @@ def as_array(x, name="x", device=False):
 
 def normalize_axis(axis, ndim, name="axis"):
     """One axis as a non-negative int, with a message naming ``name``."""
+    if type(axis) is int and -ndim <= axis < ndim:  # the common case, fast
+        return axis % ndim
     if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {axis!r}")
     axis = int(axis)
