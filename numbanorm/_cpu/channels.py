@@ -233,18 +233,16 @@ def _affine_runs(x, y, n, p_start, p_stop, mean, rstd, weight, bias):
 
 @helper
 def _affine_runs_streamed(x, y, n, mean, rstd, weight, bias, block):
-    """:func:`_affine_runs` over a whole sample of short runs (``P == 1``),
-    ``block`` channels at a time: computed into an L1 buffer, then written
-    with non-temporal stores (see :func:`stream_channels`)."""
+    """:func:`_affine_runs` over the whole of sample ``n`` of short runs
+    (``P == 1``; ``mean``/``rstd`` per ``(n, group)``), ``block`` channels at
+    a time: computed into an L1 buffer, then written with non-temporal stores
+    (see :func:`stream_channels`). The per-channel coefficients are those of
+    the channels-last pass (:func:`_affine_coefficients`)."""
     N, P, C, Q = x.shape
-    groups = mean.shape[0]
-    cg = C // groups
     h = aligned_empty(C, x)
     a = aligned_empty(C, x)
     b = aligned_empty(C, x)
-    for g in range(groups):
-        for c in range(g * cg, (g + 1) * cg):
-            h[c], a[c], b[c] = _run_coefficients(x, mean, rstd, weight, bias, g, c)
+    _affine_coefficients(x, mean, rstd, weight, bias, n, C // mean.shape[1], h, a, b)
     buf = aligned_empty(block * Q, x).reshape((block, Q))
     for c0 in range(0, C, block):
         for j in range(block):
@@ -469,8 +467,9 @@ def channel_grad_sums(dy, x, mean, p_chunk, a_part, b_part):
     N, P, C, Q = x.shape
     cg = C // mean.shape[1]
     nchunks = a_part.shape[1]
-    hi = aligned_empty(N * C, x).reshape((N, C))
-    lo = aligned_empty(N * C, x).reshape((N, C))
+    width = C if Q == 1 else 0  # channels-last split means; runs form their own
+    hi = aligned_empty(N * width, x).reshape((N, width))
+    lo = aligned_empty(N * width, x).reshape((N, width))
     if Q == 1:
         for n in range(N):
             _split_mean(x, mean, n, cg, hi[n], lo[n])
@@ -684,7 +683,7 @@ def sample_norm_forward(x, groups, weight, bias, eps, stream, y, mean, rstd):
             mean[n, g] = sh[g * per] + m
             rstd[n, g] = 1.0 / np.sqrt(var + eps)
         if Q > 1 and stream > 0:
-            _affine_runs_streamed(x, y, n, mean[n], rstd[n], weight, bias, stream)
+            _affine_runs_streamed(x, y, n, mean, rstd, weight, bias, stream)
             continue
         if Q > 1:
             _affine_runs(x, y, n, 0, P, mean[n], rstd[n], weight, bias)
