@@ -17,8 +17,8 @@ written. At most :data:`REUSE_MAX_BYTES` are kept (the environment variable
 :func:`numbanorm.release_memory` gives them all back to the system.
 
 These large outputs start on a cache line (NumPy's start 16 bytes past one),
-reused or not, so the kernels may write them with non-temporal stores (see
-:func:`numbanorm._jit.stream_out`).
+reused or not, as the kernels' scratch arrays do (see
+:data:`numbanorm._jit.ALIGN_BYTES`).
 """
 
 import math

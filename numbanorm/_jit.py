@@ -29,16 +29,12 @@ once:
 """
 
 import os
-import platform
 import time
 import types
 
 import numpy as np
-from llvmlite import ir
 from numba import njit, prange
-from numba import types as nbtypes
-from numba.core import cgutils
-from numba.extending import intrinsic, overload
+from numba.extending import overload
 
 #: The user's own setting, before numbanorm's default (the benchmark gives it
 #: back to PyTorch's separate OpenMP runtime).
@@ -202,71 +198,6 @@ def aligned_zeros(n, like):
     a = aligned_empty(n, like)
     a[:] = 0
     return a
-
-
-#: Outputs of at least this many bytes may be written with non-temporal
-#: ("streaming") stores (see :func:`stream_out`): half of a server's
-#: last-level cache (32 MiB here); smaller ones are better left in it.
-STREAM_MIN_BYTES = 16 << 20
-
-
-@intrinsic
-def _stream_line(typingctx, src, src_index, dst, dst_index):
-    """One cache line (``ALIGN_BYTES``) from flat index ``src_index`` of
-    ``src`` to flat index ``dst_index`` of ``dst`` (C-contiguous arrays of one
-    dtype), as one non-temporal store; both addresses must be line-aligned."""
-
-    def codegen(context, builder, sig, args):
-        src_type, _, dst_type, _ = sig.args
-        src_arr = context.make_array(src_type)(context, builder, args[0])
-        dst_arr = context.make_array(dst_type)(context, builder, args[2])
-        element = context.get_data_type(src_type.dtype)
-        line = ir.VectorType(element, ALIGN_BYTES * 8 // src_type.dtype.bitwidth)
-        src_ptr = builder.bitcast(builder.gep(src_arr.data, [args[1]]), line.as_pointer())
-        dst_ptr = builder.bitcast(builder.gep(dst_arr.data, [args[3]]), line.as_pointer())
-        value = builder.load(src_ptr, align=ALIGN_BYTES)
-        store = builder.store(value, dst_ptr, align=ALIGN_BYTES)
-        store.set_metadata("nontemporal", builder.module.add_metadata([ir.IntType(32)(1)]))
-        return context.get_dummy_value()
-
-    return nbtypes.void(src, src_index, dst, dst_index), codegen
-
-
-_X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
-
-
-@intrinsic
-def store_fence(typingctx):
-    """Order earlier non-temporal stores before later memory operations (on
-    x86 they are weakly ordered: ``sfence``; elsewhere a full fence). A task
-    that streamed calls it once at its end."""
-
-    def codegen(context, builder, sig, args):
-        if _X86:
-            sfence = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(ir.VoidType(), []), "llvm.x86.sse.sfence"
-            )
-            builder.call(sfence, [])
-        else:
-            builder.fence("seq_cst")
-        return context.get_dummy_value()
-
-    return nbtypes.void(), codegen
-
-
-@helper(inline=True)
-def stream_out(src, dst, start, count):
-    """``dst.flat[start:start + count] = src.flat[:count]`` (C-contiguous arrays
-    of one dtype) with non-temporal stores: memory is written without first
-    being read into the cache, and nothing in the cache is evicted for it.
-
-    ``src`` is a small block just computed (in L1); ``src`` and
-    ``dst.flat[start]`` must start on a cache line and ``count`` values fill
-    whole lines.
-    """
-    step = ALIGN_BYTES // src.itemsize
-    for i in range(0, count, step):
-        _stream_line(src, i, dst, start + i)
 
 
 @helper(inline=True)

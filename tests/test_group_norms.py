@@ -101,21 +101,26 @@ def test_instance_norm_gradients_equal_finite_differences(case, seed):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("groups", [4, 32])  # group norm, instance norm
-def test_streamed_output_equals_plain_output(dtype, groups, rng, monkeypatch):
-    # Large channels-first outputs of short runs are written with non-temporal
-    # stores, a block of channels at a time; lower the size threshold (and
-    # align every output) so that a small case takes that path.
-    from numbanorm import _buffers
-    from numbanorm._cpu import channels
+@pytest.mark.parametrize(
+    "shape, axis, groups",
+    [
+        ((5, 32, 7, 7), 1, 4),  # channels first: a group's runs summed as one run
+        ((5, 32, 7, 7), 1, 32),  # instance norm: one channel per group
+        ((5, 3, 8, 6), 2, 4),  # channel axis in the middle: P = 3 rows of runs
+        ((5, 7, 7, 32), -1, 8),  # channels last
+    ],
+)
+def test_per_sample_forward_matches_reference(shape, axis, groups, dtype, rng):
+    # From SAMPLE_KERNEL_MIN_N samples on, one task per sample takes each
+    # group's statistics and then its y; each layout takes its own branch.
+    from numbanorm import _engine
 
-    x = normal(rng, (4, 32, 7, 7), dtype, loc=2.0)
-    w, b = normal(rng, (32,)), normal(rng, (32,))
-    plain, _ = nn.group_norm(x, groups, w, b)
-    monkeypatch.setattr(_buffers, "REUSE_MIN_BYTES", 0)
-    monkeypatch.setattr(channels, "STREAM_MIN_BYTES", 0)
-    y_view = nn.group_norm(x, groups, w, b)[0].reshape(4, 1, 32, 49)
-    assert channels.stream_channels(y_view) > 0
-    streamed, _ = nn.group_norm(x, groups, w, b)
-    np.testing.assert_array_equal(streamed, plain)
-    assert_close(streamed, ref.group_norm(x, groups, w, b), RTOL[dtype], "y")
+    assert shape[0] >= _engine.SAMPLE_KERNEL_MIN_N
+    c = shape[axis]
+    x = normal(rng, shape, dtype, loc=1e3, scale=2.0)
+    w, b = normal(rng, (c,)), normal(rng, (c,))
+    y, saved = nn.group_norm(x, groups, w, b, axis=axis)
+    assert_close(y, ref.group_norm(x, groups, w, b, axis), RTOL[dtype], "y")
+    x64 = np.moveaxis(x.astype(np.float64), axis, 1).reshape(shape[0], groups, -1)
+    np.testing.assert_allclose(saved.mean, x64.mean(axis=2), rtol=1e-12)
+    np.testing.assert_allclose(saved.rstd, 1.0 / np.sqrt(x64.var(axis=2) + 1e-5), rtol=1e-9)

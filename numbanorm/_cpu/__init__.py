@@ -12,7 +12,6 @@ from .channels import (
     channel_moments,
     sample_norm_backward,
     sample_norm_forward,
-    stream_channels,
 )
 from .rows import row_backward, row_forward, row_scale_backward, row_scale_forward
 
@@ -24,7 +23,6 @@ __all__ = [
     "row_backward",
     "sample_norm_backward",
     "sample_norm_forward",
-    "stream_channels",
     "row_forward",
     "row_scale_backward",
     "row_scale_forward",

@@ -28,19 +28,14 @@ coefficient instead, see :func:`_affine_coefficients`).
 import numpy as np
 from numba import prange
 
-import math
-
 from .._jit import (
     ALIGN_BYTES,
-    STREAM_MIN_BYTES,
     aligned_empty,
     aligned_zeros,
     cast_like,
     helper,
     kernel,
     split_like,
-    store_fence,
-    stream_out,
 )
 
 #: Channels-last reductions fold this many rows together in float64 registers
@@ -88,14 +83,32 @@ def _add_moments(x, n, p, p_stop, sh, s1, s2):
         p += r
     for p in range(p, p_stop):
         for c in range(C):
-            a1 = 0.0
-            a2 = 0.0
-            for q in range(Q):
-                d = np.float64(x[n, p, c, q]) - sh[c]
-                a1 += d
-                a2 += d * d
+            a1, a2 = _run_moments(x[n, p, c], sh[c])
             s1[c] += a1
             s2[c] += a2
+
+
+@helper(inline=True)
+def _run_moments(xr, s):
+    """``sum(xr - s)`` and ``sum((xr - s)**2)`` over one run, in float64."""
+    a1 = 0.0
+    a2 = 0.0
+    for q in range(xr.shape[0]):
+        d = np.float64(xr[q]) - s
+        a1 += d
+        a2 += d * d
+    return a1, a2
+
+
+@helper(inline=True)
+def _mean_rstd(t1, t2, s, count, eps):
+    """Mean and ``1/sqrt(var + eps)`` from the sums ``t1``, ``t2`` of
+    ``x - s`` and ``(x - s)**2`` over ``count`` values (float64)."""
+    m = t1 / count
+    var = t2 / count - m * m
+    if var < 0.0:
+        var = 0.0
+    return s + m, 1.0 / np.sqrt(var + eps)
 
 
 @helper(inline=True)
@@ -209,72 +222,31 @@ def _run_coefficients(x, mean, rstd, weight, bias, g, c):
     return h, a, cast_like(x, bias[c] - np.float64(l) * np.float64(a))
 
 
-@helper
-def _affine_runs(x, y, n, p_start, p_stop, mean, rstd, weight, bias):
+@helper(inline=True)
+def _affine_group_runs(x, y, n, p, g, mean, rstd, weight, bias):
     """Channels first (``Q > 1``): ``y = (x - mean[g]) * rstd[g] * weight[c] + bias[c]``
-    over rows ``p_start:p_stop`` of sample ``n``, one run of ``Q`` values per
-    channel, with ``mean``/``rstd`` the sample's float64 group statistics.
+    over the runs of group ``g``'s channels in row ``p`` of sample ``n``, with
+    ``mean``/``rstd`` the sample's float64 group statistics.
 
     Coefficients are formed per run, in registers: a run is short (49 values
     for 7x7 images), and per-channel coefficient arrays cost as much as it.
     """
     N, P, C, Q = x.shape
-    groups = mean.shape[0]
-    cg = C // groups
-    for p in range(p_start, p_stop):
-        for g in range(groups):
-            for c in range(g * cg, (g + 1) * cg):
-                h, ac, bc = _run_coefficients(x, mean, rstd, weight, bias, g, c)
-                xr = x[n, p, c]
-                yr = y[n, p, c]
-                for q in range(Q):
-                    yr[q] = (xr[q] - h) * ac + bc
+    cg = C // mean.shape[0]
+    for c in range(g * cg, (g + 1) * cg):
+        h, ac, bc = _run_coefficients(x, mean, rstd, weight, bias, g, c)
+        xr = x[n, p, c]
+        yr = y[n, p, c]
+        for q in range(Q):
+            yr[q] = (xr[q] - h) * ac + bc
 
 
 @helper
-def _affine_runs_streamed(x, y, n, mean, rstd, weight, bias, block):
-    """:func:`_affine_runs` over the whole of sample ``n`` of short runs
-    (``P == 1``; ``mean``/``rstd`` per ``(n, group)``), ``block`` channels at
-    a time: computed into an L1 buffer, then written with non-temporal stores
-    (see :func:`stream_channels`). The per-channel coefficients are those of
-    the channels-last pass (:func:`_affine_coefficients`)."""
-    N, P, C, Q = x.shape
-    h = aligned_empty(C, x)
-    a = aligned_empty(C, x)
-    b = aligned_empty(C, x)
-    _affine_coefficients(x, mean, rstd, weight, bias, n, C // mean.shape[1], h, a, b)
-    buf = aligned_empty(block * Q, x).reshape((block, Q))
-    for c0 in range(0, C, block):
-        for j in range(block):
-            hc, ac, bc = h[c0 + j], a[c0 + j], b[c0 + j]
-            xr = x[n, 0, c0 + j]
-            br = buf[j]
-            for q in range(Q):
-                br[q] = (xr[q] - hc) * ac + bc
-        stream_out(buf, y, (n * C + c0) * Q, block * Q)
-    store_fence()
-
-
-def stream_channels(out):
-    """How many channels at a time a per-sample kernel writes ``out`` (an
-    ``(N, P, C, Q)`` view) with non-temporal stores, or 0 for plain stores.
-
-    Only channels-first samples of short runs stream: there a pass writes
-    49-value runs and waits on memory for each line of the output it must
-    first read. Group norm 256x512x7x7 forward through the public function,
-    one thread: 2.24-2.30 ms with plain stores, 1.88-2.00 ms streamed; on 2
-    threads, where memory bandwidth is the limit, the two are even. With
-    3136-value runs streaming was slower (0.49 against 0.55 ms, 2 threads).
-    The output must be large (see :data:`numbanorm._jit.STREAM_MIN_BYTES`)
-    and start on a cache line, and a block of channels must fill whole lines.
-    """
-    n, p, c, q = out.shape
-    if p != 1 or q > SHORT_RUN or out.nbytes < STREAM_MIN_BYTES:
-        return 0
-    if out.ctypes.data % ALIGN_BYTES:
-        return 0
-    block = ALIGN_BYTES // math.gcd(q * out.itemsize, ALIGN_BYTES)
-    return block if c % block == 0 else 0
+def _affine_runs(x, y, n, p_start, p_stop, mean, rstd, weight, bias):
+    """:func:`_affine_group_runs` over every group of rows ``p_start:p_stop``."""
+    for p in range(p_start, p_stop):
+        for g in range(mean.shape[0]):
+            _affine_group_runs(x, y, n, p, g, mean, rstd, weight, bias)
 
 
 @helper
@@ -643,51 +615,58 @@ def _instance_pair_backward(dy, x, dx, n, c, mean, rstd, weight, count, sa, sb):
 
 
 @kernel
-def sample_norm_forward(x, groups, weight, bias, eps, stream, y, mean, rstd):
+def sample_norm_forward(x, groups, weight, bias, eps, y, mean, rstd):
     """Group norm of each sample: statistics per ``(n, group)`` into ``mean``
     and ``rstd`` (float64, ``rstd = 1/sqrt(var + eps)``), then
-    ``y = (x - mean) * rstd * weight[c] + bias[c]`` while the sample is in cache.
+    ``y = (x - mean) * rstd * weight[c] + bias[c]`` while the data is in cache.
 
-    Sums are taken about each group's first element. ``stream`` > 0 writes
-    ``y`` that many channels at a time with non-temporal stores (see
-    :func:`stream_channels`).
+    Sums are taken about each group's first element. Channels first
+    (``Q > 1``), one group at a time: its sums, then its ``y`` while the
+    group is in the L1 cache (a 7x7 group of 16 channels is 3 KiB). Taking
+    the whole sample's statistics first and then its ``y`` read the sample
+    back from L2 and left memory idle during the arithmetic: group norm
+    256x512x7x7 forward, 2 threads, 1.15 ms against 0.86-1.0 ms group by
+    group (paired kernel runs in one process; PyTorch 0.93-0.95 ms).
     """
     N, P, C, Q = x.shape
     cg = C // groups
     count = P * Q * cg
-    # Channels first: a group's channels are contiguous, so reduce each group
-    # as one run of cg * Q values (rather than cg runs of Q).
-    flat = P == 1 and cg > 1
-    xs = x.reshape((N, 1, groups, cg * Q)) if flat else x
-    width = groups if flat else C
-    per = 1 if flat else cg
+    if Q > 1:
+        # A group's runs are contiguous when P == 1: sum them as one run.
+        xs = x.reshape((N, 1, groups, cg * Q)) if P == 1 else x
+        for n in prange(N):
+            for g in range(groups):
+                s = np.float64(x[n, 0, g * cg, 0])
+                if P == 1:
+                    t1, t2 = _run_moments(xs[n, 0, g], s)
+                else:
+                    t1 = 0.0
+                    t2 = 0.0
+                    for p in range(P):
+                        for c in range(g * cg, (g + 1) * cg):
+                            a1, a2 = _run_moments(x[n, p, c], s)
+                            t1 += a1
+                            t2 += a2
+                mean[n, g], rstd[n, g] = _mean_rstd(t1, t2, s, count, eps)
+                for p in range(P):
+                    _affine_group_runs(x, y, n, p, g, mean[n], rstd[n], weight, bias)
+        return
     for n in prange(N):
-        sh = aligned_empty(width, mean)  # column c of xs belongs to group c // per
+        sh = aligned_empty(C, mean)
         for g in range(groups):
             s = np.float64(x[n, 0, g * cg, 0])
-            for c in range(g * per, (g + 1) * per):
+            for c in range(g * cg, (g + 1) * cg):
                 sh[c] = s
-        s1 = aligned_zeros(width, mean)
-        s2 = aligned_zeros(width, mean)
-        _add_moments(xs, n, 0, xs.shape[1], sh, s1, s2)
+        s1 = aligned_zeros(C, mean)
+        s2 = aligned_zeros(C, mean)
+        _add_moments(x, n, 0, P, sh, s1, s2)
         for g in range(groups):
             t1 = 0.0
             t2 = 0.0
-            for c in range(g * per, (g + 1) * per):
+            for c in range(g * cg, (g + 1) * cg):
                 t1 += s1[c]
                 t2 += s2[c]
-            m = t1 / count
-            var = t2 / count - m * m
-            if var < 0.0:
-                var = 0.0
-            mean[n, g] = sh[g * per] + m
-            rstd[n, g] = 1.0 / np.sqrt(var + eps)
-        if Q > 1 and stream > 0:
-            _affine_runs_streamed(x, y, n, mean, rstd, weight, bias, stream)
-            continue
-        if Q > 1:
-            _affine_runs(x, y, n, 0, P, mean[n], rstd[n], weight, bias)
-            continue
+            mean[n, g], rstd[n, g] = _mean_rstd(t1, t2, sh[g * cg], count, eps)
         hi = aligned_empty(C, x)
         a = aligned_empty(C, x)
         b = aligned_empty(C, x)
