@@ -113,11 +113,6 @@ def _p_chunk(kshape):
     return chunk, -(-p // chunk)
 
 
-def _per_channel(per_group, channels_per_group):
-    """Expand ``(N, G)`` group values to ``(N, C)``."""
-    return np.repeat(per_group, channels_per_group, axis=1)
-
-
 def _group_total(per_channel, groups):
     """Add ``(N, C)`` channel values into ``(N, G)`` groups."""
     n, c = per_channel.shape
@@ -228,33 +223,28 @@ def group_backward(dyk, xk, mean, rstd, weight, batch_stats, param_grads, dxk):
     """
     n, p, c, q = xk.shape
     groups = mean.shape[1]
-    cg = c // groups
-    count = p * q * cg
+    count = p * q * (c // groups)
+    threads = numba.get_num_threads()
     chunk, nchunks = _p_chunk(xk.shape)
     mean = coefficients(mean)
     rstd = coefficients(rstd)
     w = _param(weight, c, 1.0)
     beta = np.zeros((n, groups))
     gamma = np.zeros((n, groups))
-    dweight = dbias = None
+    dweight = np.empty(c if param_grads else 0)
+    dbias = np.empty(c if param_grads else 0)
     if batch_stats or param_grads:
         a_part = np.empty((n, nchunks, c))
         b_part = np.empty((n, nchunks, c))
         backend.channel_grad_sums.for_size(xk.size)(dyk, xk, mean, chunk, a_part, b_part)
-        sum_dy = a_part.sum(axis=1)  # sum(dy) per (n, c)
-        sum_dy_xc = b_part.sum(axis=1)  # sum(dy * (x - mean)) per (n, c)
-        with quiet_fp():
-            if batch_stats:
-                sum_g = _group_total(sum_dy * w, groups)
-                sum_g_xc = _group_total(sum_dy_xc * w, groups)
-                beta = -(rstd**3) * sum_g_xc / count
-                gamma = -rstd * sum_g / count
-            if param_grads:
-                dweight = (sum_dy_xc * _per_channel(rstd, cg)).sum(axis=0)
-                dbias = sum_dy.sum(axis=0)
+        backend.channel_backward_coefficients.serial(
+            a_part, b_part, w, rstd, count, batch_stats, beta, gamma, dweight, dbias
+        )
     backend.channel_backward_apply.for_size(xk.size)(
-        dyk, xk, mean, rstd, w, beta, gamma, chunk, numba.get_num_threads(), dxk
+        dyk, xk, mean, rstd, w, beta, gamma, chunk, threads, dxk
     )
+    if not param_grads:
+        return None, None
     return dweight, dbias
 
 

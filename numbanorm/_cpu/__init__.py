@@ -8,6 +8,7 @@ array is C-contiguous; accumulation is float64.
 from .channels import (
     channel_affine,
     channel_backward_apply,
+    channel_backward_coefficients,
     channel_grad_sums,
     channel_moments,
     sample_norm_backward,
@@ -18,6 +19,7 @@ from .rows import row_backward, row_forward, row_scale_backward, row_scale_forwa
 __all__ = [
     "channel_affine",
     "channel_backward_apply",
+    "channel_backward_coefficients",
     "channel_grad_sums",
     "channel_moments",
     "row_backward",

@@ -460,6 +460,45 @@ def channel_grad_sums(dy, x, mean, p_chunk, a_part, b_part):
 
 
 @kernel
+def channel_backward_coefficients(a_part, b_part, weight, rstd, count, batch_stats, beta, gamma, dweight, dbias):
+    """From the partial sums of :func:`channel_grad_sums` (added over chunks in
+    order): ``beta``, ``gamma`` per ``(n, group)`` of
+    ``dx = rstd*weight[c]*dy + beta*(x - mean) + gamma`` (zeros unless
+    ``batch_stats``), and, when ``dweight``/``dbias`` have length ``C``,
+    ``dweight[c] = sum_n sum(dy * xhat)`` and ``dbias[c] = sum_n sum(dy)``.
+
+    A serial kernel: the same steps in NumPy, a dozen small calls right after
+    a pass over memory that has evicted the interpreter from the caches,
+    took 85 us of batch norm 32x56x56x64 backward (2.9 ms).
+    """
+    N, K, C = a_part.shape
+    groups = beta.shape[1]
+    cg = C // groups
+    sa = np.empty(C)
+    sb = np.empty(C)
+    dweight[:] = 0.0
+    dbias[:] = 0.0
+    for n in range(N):
+        sa[:] = a_part[n, 0]
+        sb[:] = b_part[n, 0]
+        for k in range(1, K):
+            for c in range(C):
+                sa[c] += a_part[n, k, c]
+                sb[c] += b_part[n, k, c]
+        for g in range(groups):
+            rs = rstd[n, g]
+            if batch_stats:
+                beta[n, g], gamma[n, g] = _group_coefficients(sa, sb, weight, g, cg, rs, count)
+            else:
+                beta[n, g] = 0.0
+                gamma[n, g] = 0.0
+            if dweight.shape[0] == C:
+                for c in range(g * cg, (g + 1) * cg):
+                    dweight[c] += sb[c] * rs
+                    dbias[c] += sa[c]
+
+
+@kernel
 def channel_backward_apply(dy, x, mean, rstd, weight, beta, gamma, p_chunk, threads, dx):
     """``dx = rstd*weight[c]*dy + beta[n, g]*(x - mean[n, g]) + gamma[n, g]``.
 
