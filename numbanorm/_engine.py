@@ -162,13 +162,10 @@ def _param(p, channels, fill):
     return coefficients(p.reshape(-1) if p is not None else np.full(channels, fill))
 
 
-def group_sums(xk, groups, center):
-    """Sums over each group of an ``(N, P, C, Q)`` view, taken about a shift.
-
-    Returns ``(shift, s1, s2, count)``: ``s1 = sum(x - shift)`` and
-    ``s2 = sum((x - shift)**2)`` per ``(n, group)``, in float64, with
-    ``shift`` the group's first element (0 when not ``center``).
-    """
+def _moment_parts(xk, groups, center):
+    """The shift, partial sums ``(N, chunks, columns)`` and count of
+    :func:`group_sums` (one column per channel, or per group when a group's
+    channels are one contiguous run)."""
     n, p, c, q = xk.shape
     cg = c // groups
     count = p * q * cg
@@ -185,18 +182,34 @@ def group_sums(xk, groups, center):
     s1_part = np.empty((n, nchunks, width))
     s2_part = np.empty((n, nchunks, width))
     backend.channel_moments.for_size(xk.size)(xk, shift, chunk, s1_part, s2_part)
+    return shift, s1_part, s2_part, count
+
+
+def group_sums(xk, groups, center):
+    """Sums over each group of an ``(N, P, C, Q)`` view, taken about a shift.
+
+    Returns ``(shift, s1, s2, count)``: ``s1 = sum(x - shift)`` and
+    ``s2 = sum((x - shift)**2)`` per ``(n, group)``, in float64, with
+    ``shift`` the group's first element (0 when not ``center``).
+    """
+    shift, s1_part, s2_part, count = _moment_parts(xk, groups, center)
     s1 = _group_total(s1_part.sum(axis=1), groups)
     s2 = _group_total(s2_part.sum(axis=1), groups)
     return shift, s1, s2, count
 
 
 def group_moments(xk, groups):
-    """Mean and biased variance per ``(n, group)``, float64, shape ``(N, G)``."""
-    shift, s1, s2, count = group_sums(xk, groups, center=True)
-    with quiet_fp():
-        m = s1 / count
-        var = np.maximum(s2 / count - m * m, 0.0)  # NaN stays NaN
-        return shift + m, var
+    """Mean and biased variance per ``(n, group)``, float64, shape ``(N, G)``.
+
+    The partial sums are added up by one serial kernel: the same steps in
+    NumPy, right after the pass over memory, ran with the interpreter's caches
+    cold (see :func:`numbanorm._cpu.channels.channel_backward_coefficients`).
+    """
+    shift, s1_part, s2_part, count = _moment_parts(xk, groups, center=True)
+    mean = np.empty(shift.shape)
+    var = np.empty(shift.shape)
+    backend.channel_moments_totals.serial(s1_part, s2_part, shift, count, mean, var)
+    return mean, var
 
 
 def group_apply(xk, mean, rstd, weight, bias, yk):

@@ -11,6 +11,7 @@ from .channels import (
     channel_backward_coefficients,
     channel_grad_sums,
     channel_moments,
+    channel_moments_totals,
     sample_norm_backward,
     sample_norm_forward,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "channel_backward_coefficients",
     "channel_grad_sums",
     "channel_moments",
+    "channel_moments_totals",
     "row_backward",
     "sample_norm_backward",
     "sample_norm_forward",

@@ -374,6 +374,37 @@ def channel_moments(x, shift, p_chunk, s1_part, s2_part):
         s2_part[n, k, :] = s2
 
 
+@kernel
+def channel_moments_totals(s1_part, s2_part, shift, count, mean, var):
+    """Mean and biased variance per ``(n, group)`` (float64) from the partial
+    sums of :func:`channel_moments` (added over chunks in order, then over a
+    group's columns), taken about ``shift``. A serial kernel."""
+    N, K, W = s1_part.shape
+    groups = shift.shape[1]
+    per = W // groups
+    s1 = np.empty(W)
+    s2 = np.empty(W)
+    for n in range(N):
+        s1[:] = s1_part[n, 0]
+        s2[:] = s2_part[n, 0]
+        for k in range(1, K):
+            for c in range(W):
+                s1[c] += s1_part[n, k, c]
+                s2[c] += s2_part[n, k, c]
+        for g in range(groups):
+            t1 = 0.0
+            t2 = 0.0
+            for c in range(g * per, (g + 1) * per):
+                t1 += s1[c]
+                t2 += s2[c]
+            m = t1 / count
+            v = t2 / count - m * m
+            if v < 0.0:  # NaN stays NaN
+                v = 0.0
+            mean[n, g] = shift[n, g] + m
+            var[n, g] = v
+
+
 @helper(inline=True)
 def _mirrored_task(t, tasks, threads):
     """The task that loop index ``t`` of an elementwise pass runs, when the
