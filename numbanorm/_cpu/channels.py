@@ -101,14 +101,32 @@ def _run_moments(xr, s):
 
 
 @helper(inline=True)
-def _mean_rstd(t1, t2, s, count, eps):
-    """Mean and ``1/sqrt(var + eps)`` from the sums ``t1``, ``t2`` of
-    ``x - s`` and ``(x - s)**2`` over ``count`` values (float64)."""
+def _mean_var(t1, t2, s, count):
+    """Mean and biased variance from the sums ``t1``, ``t2`` of ``x - s`` and
+    ``(x - s)**2`` over ``count`` values (float64; NaN stays NaN)."""
     m = t1 / count
     var = t2 / count - m * m
     if var < 0.0:
         var = 0.0
-    return s + m, 1.0 / np.sqrt(var + eps)
+    return s + m, var
+
+
+@helper(inline=True)
+def _mean_rstd(t1, t2, s, count, eps):
+    """Mean and ``1/sqrt(var + eps)`` (see :func:`_mean_var`)."""
+    mu, var = _mean_var(t1, t2, s, count)
+    return mu, 1.0 / np.sqrt(var + eps)
+
+
+@helper(inline=True)
+def _group_totals(s1, s2, g, per):
+    """The sums of ``s1`` and of ``s2`` over group ``g``'s ``per`` columns."""
+    t1 = 0.0
+    t2 = 0.0
+    for c in range(g * per, (g + 1) * per):
+        t1 += s1[c]
+        t2 += s2[c]
+    return t1, t2
 
 
 @helper(inline=True)
@@ -374,35 +392,33 @@ def channel_moments(x, shift, p_chunk, s1_part, s2_part):
         s2_part[n, k, :] = s2
 
 
+@helper(inline=True)
+def _chunk_totals(part1, part2, n, t1, t2):
+    """``t1 = part1[n].sum(axis=0)`` and ``t2`` likewise: the partial sums of
+    sample ``n``'s chunks, added in chunk order."""
+    t1[:] = part1[n, 0]
+    t2[:] = part2[n, 0]
+    for k in range(1, part1.shape[1]):
+        for c in range(t1.shape[0]):
+            t1[c] += part1[n, k, c]
+            t2[c] += part2[n, k, c]
+
+
 @kernel
 def channel_moments_totals(s1_part, s2_part, shift, count, mean, var):
     """Mean and biased variance per ``(n, group)`` (float64) from the partial
     sums of :func:`channel_moments` (added over chunks in order, then over a
     group's columns), taken about ``shift``. A serial kernel."""
-    N, K, W = s1_part.shape
+    N, _, W = s1_part.shape
     groups = shift.shape[1]
     per = W // groups
     s1 = np.empty(W)
     s2 = np.empty(W)
     for n in range(N):
-        s1[:] = s1_part[n, 0]
-        s2[:] = s2_part[n, 0]
-        for k in range(1, K):
-            for c in range(W):
-                s1[c] += s1_part[n, k, c]
-                s2[c] += s2_part[n, k, c]
+        _chunk_totals(s1_part, s2_part, n, s1, s2)
         for g in range(groups):
-            t1 = 0.0
-            t2 = 0.0
-            for c in range(g * per, (g + 1) * per):
-                t1 += s1[c]
-                t2 += s2[c]
-            m = t1 / count
-            v = t2 / count - m * m
-            if v < 0.0:  # NaN stays NaN
-                v = 0.0
-            mean[n, g] = shift[n, g] + m
-            var[n, g] = v
+            t1, t2 = _group_totals(s1, s2, g, per)
+            mean[n, g], var[n, g] = _mean_var(t1, t2, shift[n, g], count)
 
 
 @helper(inline=True)
@@ -502,7 +518,7 @@ def channel_backward_coefficients(a_part, b_part, weight, rstd, count, batch_sta
     a pass over memory that has evicted the interpreter from the caches,
     took 85 us of batch norm 32x56x56x64 backward (2.9 ms).
     """
-    N, K, C = a_part.shape
+    N, _, C = a_part.shape
     groups = beta.shape[1]
     cg = C // groups
     sa = np.empty(C)
@@ -510,12 +526,7 @@ def channel_backward_coefficients(a_part, b_part, weight, rstd, count, batch_sta
     dweight[:] = 0.0
     dbias[:] = 0.0
     for n in range(N):
-        sa[:] = a_part[n, 0]
-        sb[:] = b_part[n, 0]
-        for k in range(1, K):
-            for c in range(C):
-                sa[c] += a_part[n, k, c]
-                sb[c] += b_part[n, k, c]
+        _chunk_totals(a_part, b_part, n, sa, sb)
         for g in range(groups):
             rs = rstd[n, g]
             if batch_stats:
@@ -731,11 +742,7 @@ def sample_norm_forward(x, groups, weight, bias, eps, y, mean, rstd):
         s2 = aligned_zeros(C, mean)
         _add_moments(x, n, 0, P, sh, s1, s2)
         for g in range(groups):
-            t1 = 0.0
-            t2 = 0.0
-            for c in range(g * cg, (g + 1) * cg):
-                t1 += s1[c]
-                t2 += s2[c]
+            t1, t2 = _group_totals(s1, s2, g, cg)
             mean[n, g], rstd[n, g] = _mean_rstd(t1, t2, sh[g * cg], count, eps)
         hi = aligned_empty(C, x)
         a = aligned_empty(C, x)
