@@ -280,8 +280,7 @@ def sample_forward(xk, groups, weight, bias, eps, yk):
     mean = np.empty((n, groups))
     rstd = np.empty((n, groups))
     backend.sample_norm_forward.for_size(xk.size)(
-        xk, groups, _param(weight, c, 1.0), _param(bias, c, 0.0), eps,
-        yk, mean, rstd,
+        xk, groups, _param(weight, c, 1.0), _param(bias, c, 0.0), eps, yk, mean, rstd
     )
     return mean, rstd
 
