@@ -18,7 +18,6 @@ channel, and form each channel's coefficients themselves: no ``(N, C)``
 arrays are built on the host.
 """
 
-import numba
 import numpy as np
 
 from . import _cpu as backend
@@ -239,7 +238,6 @@ def group_backward(dyk, xk, mean, rstd, weight, batch_stats, param_grads, dxk):
     n, p, c, q = xk.shape
     groups = mean.shape[1]
     count = p * q * (c // groups)
-    threads = numba.get_num_threads()
     chunk, nchunks = _p_chunk(xk.shape)
     mean = coefficients(mean)
     rstd = coefficients(rstd)
@@ -256,7 +254,7 @@ def group_backward(dyk, xk, mean, rstd, weight, batch_stats, param_grads, dxk):
             a_part, b_part, w, rstd, count, batch_stats, beta, gamma, dweight, dbias
         )
     backend.channel_backward_apply.for_size(xk.size)(
-        dyk, xk, mean, rstd, w, beta, gamma, chunk, threads, dxk
+        dyk, xk, mean, rstd, w, beta, gamma, chunk, dxk
     )
     if not param_grads:
         return None, None

@@ -36,11 +36,6 @@ from .._jit import aligned_empty, aligned_zeros, cast_like, helper, kernel, spli
 #: 2x faster than with 4, measured on 32x56x56x64 float32).
 ROW_BLOCK = 8
 
-#: ... and the channels-last gradient sums this many (with 8, the 16 row
-#: streams of x and dy slowed batch norm 256x7x7x512 backward: 4.1 ms against
-#: 3.7 ms, one thread; 32x56x56x64 alike either way).
-GRAD_ROW_BLOCK = 4
-
 #: Channel runs (``Q`` values) up to this long count as short (7x7 images: 49).
 SHORT_RUN = 256
 
@@ -151,29 +146,18 @@ def _affine(x, y, n, p_start, p_stop, hi, a, b):
 def _add_grad_sums(dy, x, n, p_start, p_stop, hi, lo, sa, sb):
     """Channels last (``Q == 1``): add ``sum(dy)`` and ``sum(dy * (x - mean[c]))``
     over rows ``p_start:p_stop`` into ``sa[c]``, ``sb[c]`` (float64), with
-    ``mean = hi + lo``, ``GRAD_ROW_BLOCK`` rows at a time."""
+    ``mean = hi + lo``.
+
+    One row at a time, unlike :func:`_add_moments`: two arrays read in blocks
+    of 4 rows are 8 streams with a row's stride between them, and memory
+    served them slower than 2 (batch norm 32x56x56x64 backward's sums, one
+    thread: 2.0 ms in blocks of 4 rows, 1.16 ms row by row; 256x7x7x512:
+    1.76 against 1.30 ms).
+    """
     xc = _rows(x, n, p_start, p_stop)
     gc = _rows(dy, n, p_start, p_stop)
-    rows, C = xc.shape
-    p = 0
-    while p + GRAD_ROW_BLOCK <= rows:
-        x4 = xc[p:p + GRAD_ROW_BLOCK]
-        g4 = gc[p:p + GRAD_ROW_BLOCK]
-        for c in range(C):
-            h, l = hi[c], lo[c]
-            g0 = np.float64(g4[0, c])
-            g1 = np.float64(g4[1, c])
-            g2 = np.float64(g4[2, c])
-            g3 = np.float64(g4[3, c])
-            sa[c] += (g0 + g1) + (g2 + g3)
-            sb[c] += (
-                g0 * np.float64((x4[0, c] - h) - l) + g1 * np.float64((x4[1, c] - h) - l)
-            ) + (
-                g2 * np.float64((x4[2, c] - h) - l) + g3 * np.float64((x4[3, c] - h) - l)
-            )
-        p += GRAD_ROW_BLOCK
-    for p in range(p, rows):
-        for c in range(C):
+    for p in range(xc.shape[0]):
+        for c in range(xc.shape[1]):
             g = np.float64(gc[p, c])
             sa[c] += g
             sb[c] += g * np.float64((xc[p, c] - hi[c]) - lo[c])
@@ -413,31 +397,6 @@ def channel_moments_totals(s1_part, s2_part, shift, count, mean, var):
             mean[n, g], var[n, g] = _mean_var(t1, t2, shift[n, g], count)
 
 
-@helper(inline=True)
-def _mirrored_task(t, tasks, threads):
-    """The task that loop index ``t`` of an elementwise pass runs, when the
-    pass follows a reduction over the same chunks: each thread's share of the
-    indices (Numba's static schedule gives thread ``i`` the ``i``-th of
-    ``threads`` nearly equal contiguous ranges) runs from its last chunk to
-    its first, so the thread starts on what it read last, still in its cache
-    (batch norm channels-last backward, 2 threads: 4-7% faster in paired
-    kernel runs in one process; runs of the public function in separate
-    processes vary too much to show it). Only the
-    order changes: each task computes the same values, so results do not
-    depend on ``threads``.
-    """
-    if threads <= 1:  # one thread: no faster reversed (measured)
-        return t
-    start = 0
-    for i in range(threads):
-        length = (tasks - start - 1) // (threads - i) + 1
-        end = tasks - 1 if i == threads - 1 else start + length - 1
-        if t <= end:
-            return start + end - t
-        start += length
-    return t
-
-
 # The chunked kernels' channels-last coefficients are formed once per sample,
 # before the tasks: formed per task, they cost a quarter of batch norm's
 # 256x7x7x512 backward apply (512 channels for every 128-row task).
@@ -535,12 +494,16 @@ def channel_backward_coefficients(
 
 
 @kernel
-def channel_backward_apply(dy, x, mean, rstd, weight, beta, gamma, p_chunk, threads, dx):
+def channel_backward_apply(dy, x, mean, rstd, weight, beta, gamma, p_chunk, dx):
     """``dx = rstd*weight[c]*dy + beta[n, g]*(x - mean[n, g]) + gamma[n, g]``.
 
     Statistics and ``beta``/``gamma`` are float64 per ``(n, group)``,
-    ``weight`` float64 per channel. ``threads`` (the pool's size) only orders
-    the tasks (see :func:`_mirrored_task`).
+    ``weight`` float64 per channel.
+
+    Tasks run in order. Each thread running its chunks from last to first, so
+    as to start on what the sums pass read last, was 1-4% slower here in
+    paired kernel runs (batch norm 256x7x7x512 and 32x56x56x64, both
+    layouts): that data is no longer in the cache.
     """
     N, P, C, Q = x.shape
     cg = C // mean.shape[1]
@@ -548,9 +511,8 @@ def channel_backward_apply(dy, x, mean, rstd, weight, beta, gamma, p_chunk, thre
     tasks = N * nchunks
     if Q > 1:
         for t in prange(tasks):
-            u = _mirrored_task(np.int64(t), tasks, threads)
-            n = u // nchunks
-            k = u - n * nchunks
+            n = t // nchunks
+            k = t - n * nchunks
             p_start, p_stop = k * p_chunk, min(P, (k + 1) * p_chunk)
             _backward_runs(
                 dy, x, dx, n, p_start, p_stop, mean[n], rstd[n], weight, beta[n], gamma[n]
@@ -565,9 +527,8 @@ def channel_backward_apply(dy, x, mean, rstd, weight, beta, gamma, p_chunk, thre
             x, mean, rstd, weight, beta[n], gamma[n], n, cg, hi[n], al[n], be[n], ga[n]
         )
     for t in prange(tasks):
-        u = _mirrored_task(np.int64(t), tasks, threads)
-        n = u // nchunks
-        k = u - n * nchunks
+        n = t // nchunks
+        k = t - n * nchunks
         _backward_affine(
             dy, x, dx, n, k * p_chunk, min(P, (k + 1) * p_chunk), hi[n], al[n], be[n], ga[n]
         )
