@@ -207,40 +207,39 @@ def _run_dx(gr, xr, dr, h, l, al, be, ga):
 
 
 @helper(inline=True)
-def _run_coefficients(x, mean, rstd, weight, bias, g, c):
-    """``h``, ``a``, ``b`` of channel ``c`` (group ``g``) in ``x``'s dtype, with
-    ``(x - h) * a + b = (x - mean[g]) * rstd[g] * weight[c] + bias[c]`` (the
-    low part of the mean folded into ``b``, as in :func:`_affine_coefficients`)."""
-    h, l = split_like(x, mean[g])
-    a = cast_like(x, rstd[g] * weight[c])
-    return h, a, cast_like(x, bias[c] - np.float64(l) * np.float64(a))
+def _affine_group_runs(x, y, n, p, g, cg, mu, rs, weight, bias):
+    """Channels first (``Q > 1``): ``y = (x - mu) * rs * weight[c] + bias[c]``
+    over the runs of group ``g``'s ``cg`` channels in row ``p`` of sample
+    ``n``, with ``mu``/``rs`` the group's float64 statistics.
 
-
-@helper(inline=True)
-def _affine_group_runs(x, y, n, p, g, mean, rstd, weight, bias):
-    """Channels first (``Q > 1``): ``y = (x - mean[g]) * rstd[g] * weight[c] + bias[c]``
-    over the runs of group ``g``'s channels in row ``p`` of sample ``n``, with
-    ``mean``/``rstd`` the sample's float64 group statistics.
-
-    Coefficients are formed per run, in registers: a run is short (49 values
-    for 7x7 images), and per-channel coefficient arrays cost as much as it.
+    The group's runs are one ``(channels, Q)`` view; the mean is split into
+    ``h + l`` once per group, and each run's ``a`` and ``b = bias - l * a``
+    (see :func:`_affine_coefficients`) are formed in registers: a run is
+    short (49 values for 7x7 images), and per-channel coefficient arrays
+    cost as much as it. Indexing the view rather than ``x[n, p, c]`` per
+    run, and splitting the mean per group rather than per run: group norm
+    256x512x7x7 forward kernel, 2 threads, 0.81-0.84 -> 0.64-0.68 ms;
+    instance norm 1.72 -> 1.28 ms.
     """
-    N, P, C, Q = x.shape
-    cg = C // mean.shape[0]
-    for c in range(g * cg, (g + 1) * cg):
-        h, ac, bc = _run_coefficients(x, mean, rstd, weight, bias, g, c)
-        xr = x[n, p, c]
-        yr = y[n, p, c]
-        for q in range(Q):
-            yr[q] = (xr[q] - h) * ac + bc
+    c0 = g * cg
+    xg = x[n, p, c0:c0 + cg]
+    yg = y[n, p, c0:c0 + cg]
+    h, l = split_like(x, mu)
+    l64 = np.float64(l)
+    for c in range(cg):
+        a = cast_like(x, rs * weight[c0 + c])
+        b = cast_like(x, bias[c0 + c] - l64 * np.float64(a))
+        for q in range(xg.shape[1]):
+            yg[c, q] = (xg[c, q] - h) * a + b
 
 
 @helper
 def _affine_runs(x, y, n, p_start, p_stop, mean, rstd, weight, bias):
     """:func:`_affine_group_runs` over every group of rows ``p_start:p_stop``."""
+    cg = x.shape[2] // mean.shape[0]
     for p in range(p_start, p_stop):
         for g in range(mean.shape[0]):
-            _affine_group_runs(x, y, n, p, g, mean, rstd, weight, bias)
+            _affine_group_runs(x, y, n, p, g, cg, mean[g], rstd[g], weight, bias)
 
 
 @helper
@@ -668,24 +667,25 @@ def sample_norm_forward(x, groups, weight, bias, eps, y, mean, rstd):
     cg = C // groups
     count = P * Q * cg
     if Q > 1:
-        # A group's runs are contiguous when P == 1: sum them as one run.
-        xs = x.reshape((N, 1, groups, cg * Q)) if P == 1 else x
+        # In each row p, a group's runs are contiguous: sum them as one run.
+        xs = x.reshape((N, P, groups, cg * Q))
         for n in prange(N):
             for g in range(groups):
-                s = np.float64(x[n, 0, g * cg, 0])
-                if P == 1:
-                    t1, t2 = _run_moments(xs[n, 0, g], s)
-                else:
-                    t1 = 0.0
-                    t2 = 0.0
-                    for p in range(P):
-                        for c in range(g * cg, (g + 1) * cg):
-                            a1, a2 = _run_moments(x[n, p, c], s)
-                            t1 += a1
-                            t2 += a2
-                mean[n, g], rstd[n, g] = _mean_rstd(t1, t2, s, count, eps)
+                s = np.float64(xs[n, 0, g, 0])
+                t1 = 0.0
+                t2 = 0.0
                 for p in range(P):
-                    _affine_group_runs(x, y, n, p, g, mean[n], rstd[n], weight, bias)
+                    a1, a2 = _run_moments(xs[n, p, g], s)
+                    t1 += a1
+                    t2 += a2
+                mu, rs = _mean_rstd(t1, t2, s, count, eps)
+                mean[n, g] = mu
+                rstd[n, g] = rs
+                if P == 1:  # NCHW: no loop (instance norm 7x7 kernel: 1.45 -> 1.25 ms)
+                    _affine_group_runs(x, y, n, 0, g, cg, mu, rs, weight, bias)
+                else:
+                    for p in range(P):
+                        _affine_group_runs(x, y, n, p, g, cg, mu, rs, weight, bias)
         return
     for n in prange(N):
         sh = aligned_empty(C, mean)
