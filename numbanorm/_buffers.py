@@ -16,9 +16,7 @@ written. At most :data:`REUSE_MAX_BYTES` are kept (the environment variable
 ``NUMBANORM_REUSE_BYTES`` sets it; 0 turns reuse off), and
 :func:`numbanorm.release_memory` gives them all back to the system.
 
-These large outputs start on a cache line (NumPy's start 16 bytes past one),
-reused or not, as the kernels' scratch arrays do (see
-:data:`numbanorm._jit.ALIGN_BYTES`).
+These large outputs start on a page (:data:`START_BYTES`), reused or not.
 """
 
 import math
@@ -27,11 +25,20 @@ import threading
 
 import numpy as np
 
-from ._jit import ALIGN_BYTES
-
 #: Outputs from this size on come from reusable blocks; smaller ones are plain
 #: ``np.empty`` (glibc's heap already recycles them).
 REUSE_MIN_BYTES = 16 << 20
+
+#: Large outputs start on a boundary of this many bytes, a page. Where an
+#: output starts within a page, next to where the inputs do, matters: a
+#: store and a load 4096 bytes apart look alike to the CPU for a moment
+#: (4K aliasing), so a store a few dozen bytes ahead of the inputs' loads in
+#: page offset stalls the loads that follow it. Large NumPy arrays start 16
+#: bytes past a page; an output on a cache line 48 bytes past one is that
+#: far ahead, on a page it is 16 bytes behind (group norm 256x512x7x7
+#: forward kernel, 2 threads: 2-6% slower 48 or 112 bytes ahead than 0, 16
+#: or 2048 bytes behind). A page start is also a cache-line start.
+START_BYTES = 4096
 
 #: The most memory kept in free blocks at any time.
 REUSE_MAX_BYTES = int(os.environ.get("NUMBANORM_REUSE_BYTES", 512 << 20))
@@ -57,7 +64,7 @@ class _Lease:
         self.__array_interface__ = {
             "shape": shape,
             "typestr": dtype.str,
-            "data": (start + (-start) % ALIGN_BYTES, False),
+            "data": (start + (-start) % START_BYTES, False),
             "version": 3,
         }
 
@@ -94,13 +101,13 @@ def _take(nbytes):
 
 def empty(shape, dtype):
     """``np.empty(shape, dtype)`` (``dtype`` a ``np.dtype``); when it is large,
-    from a reused block and starting on a cache line."""
+    from a reused block and starting on a page."""
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes < REUSE_MIN_BYTES:
         return np.empty(shape, dtype)
-    block = _take(nbytes + ALIGN_BYTES) if REUSE_MAX_BYTES > 0 else None
+    block = _take(nbytes + START_BYTES) if REUSE_MAX_BYTES > 0 else None
     if block is None:
-        block = np.empty(nbytes + ALIGN_BYTES, np.uint8)
+        block = np.empty(nbytes + START_BYTES, np.uint8)
     return np.asarray(_Lease(block, tuple(shape), dtype))
 
 

@@ -57,23 +57,23 @@ def test_release_memory_gives_back_what_is_kept(x):
     y, _ = nn.layer_norm(x)
     nbytes = y.nbytes
     del y
-    # A block is the output and the slack that lets it start on a cache line.
-    assert nn.release_memory() == nbytes + _buffers.ALIGN_BYTES
+    # A block is the output and the slack that lets it start on a page.
+    assert nn.release_memory() == nbytes + _buffers.START_BYTES
     assert nn.release_memory() == 0
 
 
-def test_large_outputs_start_on_a_cache_line_reused_or_not(x, monkeypatch):
+def test_large_outputs_start_on_a_page_reused_or_not(x, monkeypatch):
     for cap in (_buffers.REUSE_MAX_BYTES, 0):
         monkeypatch.setattr(_buffers, "REUSE_MAX_BYTES", cap)
         for _ in range(2):  # a new block, then (with reuse) the same one again
             y, _ = nn.layer_norm(x)
-            assert _address(y) % 64 == 0
+            assert _address(y) % _buffers.START_BYTES == 0
             np.testing.assert_allclose(y, reference.layer_norm(x.astype(np.float64)), atol=2e-6)
             del y
 
 
 def test_at_most_the_configured_bytes_are_kept(x, monkeypatch):
-    block = x.nbytes + _buffers.ALIGN_BYTES
+    block = x.nbytes + _buffers.START_BYTES
     monkeypatch.setattr(_buffers, "REUSE_MAX_BYTES", block)  # room for one block
     a, _ = nn.layer_norm(x)
     b, _ = nn.layer_norm(x)
@@ -84,8 +84,8 @@ def test_at_most_the_configured_bytes_are_kept(x, monkeypatch):
 def test_a_full_list_makes_room_for_the_block_just_freed(x, monkeypatch):
     # Blocks of one workload must not shut out the next one's outputs.
     other = np.concatenate([x, x[:1]])  # a slightly larger output
-    a_block = x.nbytes + _buffers.ALIGN_BYTES
-    b_block = other.nbytes + _buffers.ALIGN_BYTES
+    a_block = x.nbytes + _buffers.START_BYTES
+    b_block = other.nbytes + _buffers.START_BYTES
     monkeypatch.setattr(_buffers, "REUSE_MAX_BYTES", a_block + b_block - 1)  # not both
     a, _ = nn.layer_norm(x)
     del a  # kept: the list is full
