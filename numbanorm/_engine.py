@@ -37,6 +37,10 @@ MIN_ROWS_PER_BLOCK = 16
 SAMPLE_KERNEL_MIN_N = 4
 
 
+#: Element types the CPU kernels take.
+_KERNEL_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 def coefficients(a, dtype=np.float64):
     """A small array (statistics, coefficients) as a C-contiguous, writeable
     kernel argument of ``dtype``: one type for every call, whatever the
@@ -82,24 +86,23 @@ def zeros(n):
 
 def running_update(running_mean, running_var, mean, var, momentum, unbiased):
     """``running = (1 - momentum) * running + momentum * batch`` in place, with
-    the batch variance scaled by ``unbiased = M / (M - 1)``."""
+    the batch variance scaled by ``unbiased = M / (M - 1)``: a serial kernel
+    for float32/float64 running arrays (Numba has no float16 on the CPU),
+    NumPy for the others."""
+    if running_mean.dtype in _KERNEL_FLOATS and running_var.dtype in _KERNEL_FLOATS:
+        backend.running_update.serial(
+            running_mean, running_var, mean, var, float(momentum), float(unbiased)
+        )
+        return
     running_mean[...] = (1.0 - momentum) * running_mean + momentum * mean
     running_var[...] = (1.0 - momentum) * running_var + momentum * (var * unbiased)
 
 
-def quiet_fp():
-    """A context silencing NumPy's invalid/divide/overflow warnings.
-
-    Statistics of non-finite data are NaN/Inf by design (they stay in their
-    row, channel or group), so the host-side arithmetic on them must not warn.
-    """
-    return np.errstate(invalid="ignore", divide="ignore", over="ignore")
-
-
 def rstd_of(var, eps):
     """``1 / sqrt(var + eps)``, without warnings for zero or non-finite input."""
-    with quiet_fp():
-        return 1.0 / np.sqrt(var + eps)
+    rstd = np.empty(var.shape)
+    backend.rstd_of.serial(_flat(var), float(eps), _flat(rstd))
+    return rstd
 
 
 def _flat(a):

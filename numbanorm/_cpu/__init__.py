@@ -15,6 +15,7 @@ from .channels import (
     sample_norm_backward,
     sample_norm_forward,
 )
+from .finish import rstd_of, running_update
 from .rows import row_backward, row_forward, row_scale_backward, row_scale_forward
 
 __all__ = [
@@ -30,4 +31,6 @@ __all__ = [
     "row_forward",
     "row_scale_backward",
     "row_scale_forward",
+    "rstd_of",
+    "running_update",
 ]

@@ -1,8 +1,9 @@
 """Small GPU kernels that finish what the main kernels started, on the device.
 
-The CPU engine adds partial sums and forms coefficients with NumPy on the
-host; on the GPU the same steps are these kernels, so statistics, running
-statistics and gradients never leave the device. Each thread owns one output
+The CPU engine runs the same steps as serial kernels on the host
+(:mod:`numbanorm._cpu.finish`, and the glue kernels of
+:mod:`numbanorm._cpu.channels`); on the GPU they are these kernels, so
+statistics, running statistics and gradients never leave the device. Each thread owns one output
 and adds its inputs in a fixed order (no atomics).
 """
 
