@@ -8,19 +8,28 @@ new arrays, 6.4 ms with reused ones; a plain elementwise pass takes 2.95 ms
 into warm memory and 6.2 ms into a new array).
 
 So outputs of at least :data:`REUSE_MIN_BYTES` are carved from blocks that
-numbanorm keeps after the caller drops its last reference to them. A block
-is handed out again only when no array, view or buffer export of it is left
-(the returned array's ``base`` owns the block and gives it back when it is
-garbage-collected), so no memory that the caller can still see is ever
-written. At most :data:`REUSE_MAX_BYTES` are kept (the environment variable
+numbanorm keeps after the caller drops its last reference to them. The
+output is a view of its block (its ``base``), and so is every view of it;
+a block is handed out again only when nothing but numbanorm's own list
+refers to it (its reference count says so), so no memory that the caller
+can still see through an array, a view or a buffer export is ever written.
+At most :data:`REUSE_MAX_BYTES` are kept (the environment variable
 ``NUMBANORM_REUSE_BYTES`` sets it; 0 turns reuse off), and
-:func:`numbanorm.release_memory` gives them all back to the system.
+:func:`numbanorm.release_memory` gives the unused blocks back to the system.
+
+Nothing runs when an output is dropped: the list is checked when the next
+large output is asked for. An earlier version gave blocks back from a
+finalizer on an owner object that NumPy read through
+``__array_interface__``; handing out an output cost 30-40 us then, right
+after a pass over memory (the interpreter's caches cold), against about
+10 us for a view of the block.
 
 These large outputs start on a page (:data:`START_BYTES`), reused or not.
 """
 
 import math
 import os
+import sys
 import threading
 
 import numpy as np
@@ -40,75 +49,69 @@ REUSE_MIN_BYTES = 16 << 20
 #: or 2048 bytes behind). A page start is also a cache-line start.
 START_BYTES = 4096
 
-#: The most memory kept in free blocks at any time.
+#: The most memory kept in blocks, in use or free (a larger output is a
+#: plain array).
 REUSE_MAX_BYTES = int(os.environ.get("NUMBANORM_REUSE_BYTES", 512 << 20))
 
-_lock = threading.RLock()  # re-entrant: a collection inside a locked step may give a block back
-_free = []  # free blocks (uint8 arrays), oldest first
+_lock = threading.RLock()  # re-entrant: a collection inside a locked step may run numbanorm
+#: ``[block, start]`` for each block handed out (uint8 arrays, and where the
+#: output starts in them), least recently handed out first.
+_blocks = []
 
 
-def _free_bytes():
-    return sum(block.nbytes for block in _free)
+def _refcounts(entries):
+    """The reference counts of the entries' blocks, as this function sees them."""
+    return [sys.getrefcount(entry[0]) for entry in entries]
 
 
-class _Lease:
-    """Owner of one block while an array uses it: the ``base`` of the arrays
-    :func:`empty` returns. When it is collected, the block goes back to the
-    free list (or to the system, if the list is full)."""
-
-    __slots__ = ("block", "__array_interface__")
-
-    def __init__(self, block, shape, dtype):
-        self.block = block
-        start = block.ctypes.data
-        self.__array_interface__ = {
-            "shape": shape,
-            "typestr": dtype.str,
-            "data": (start + (-start) % START_BYTES, False),
-            "version": 3,
-        }
-
-    def __del__(self):
-        try:
-            _give_back(self.block)
-        except (TypeError, AttributeError):  # module globals gone at interpreter exit
-            pass
-
-
-def _give_back(block):
-    """Keep ``block`` for reuse, dropping the oldest kept blocks if they leave
-    no room: the block just freed is the likeliest to be asked for again (a
-    list full of one workload's blocks would otherwise turn every output of
-    the next into new, page-faulting memory; measured in the benchmark, after
-    the 128 MiB layer-norm rows: batch norm 32x56x56x64 forward 1.26 ms
-    against 0.83 ms)."""
-    if block.nbytes > REUSE_MAX_BYTES:
-        return
-    with _lock:
-        while _free and _free_bytes() + block.nbytes > REUSE_MAX_BYTES:
-            del _free[0]
-        _free.append(block)
+#: What :func:`_refcounts` reports for a block only the list refers to
+#: (measured, not assumed: the interpreter decides how many references its
+#: own frames hold).
+_UNUSED = _refcounts([[np.empty(0, np.uint8), 0]])[0]
 
 
 def _take(nbytes):
+    """A block of ``nbytes`` that nothing uses, reused or new, as ``[block, start]``."""
     with _lock:
-        for i, block in enumerate(_free):
-            if block.nbytes == nbytes:
-                del _free[i]
-                return block
-    return None
+        counts = _refcounts(_blocks)
+        for i, (entry, count) in enumerate(zip(_blocks, counts)):
+            if count == _UNUSED and entry[0].nbytes == nbytes:
+                del _blocks[i]
+                _blocks.append(entry)
+                return entry
+        block = np.empty(nbytes, np.uint8)
+        entry = [block, -block.__array_interface__["data"][0] % START_BYTES]
+        if nbytes > REUSE_MAX_BYTES:
+            return entry
+        # Room for it: drop unused blocks, the least recently handed out first
+        # (a list full of one workload's blocks would otherwise turn every
+        # output of the next into new, page-faulting memory; measured in the
+        # benchmark after the 128 MiB layer-norm rows: batch norm 32x56x56x64
+        # forward 1.26 ms against 0.83 ms).
+        kept = sum(e[0].nbytes for e in _blocks)
+        for e, count in zip(list(_blocks), counts):
+            if kept + nbytes <= REUSE_MAX_BYTES:
+                break
+            if count == _UNUSED:
+                _blocks.remove(e)
+                kept -= e[0].nbytes
+        if kept + nbytes <= REUSE_MAX_BYTES:
+            _blocks.append(entry)
+        return entry
 
 
 def empty(shape, dtype):
     """``np.empty(shape, dtype)`` (``dtype`` a ``np.dtype``); when it is large,
-    from a reused block and starting on a page."""
+    a view of a reused block, starting on a page."""
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes < REUSE_MIN_BYTES:
         return np.empty(shape, dtype)
-    block = _take(nbytes + START_BYTES) if REUSE_MAX_BYTES > 0 else None
-    if block is None:
+    if REUSE_MAX_BYTES > 0:
+        block, start = _take(nbytes + START_BYTES)
+    else:
         block = np.empty(nbytes + START_BYTES, np.uint8)
-    return np.asarray(_Lease(block, tuple(shape), dtype))
+        start = -block.__array_interface__["data"][0] % START_BYTES
+    return block[start:start + nbytes].view(dtype).reshape(shape)
 
 
 def release_memory():
@@ -119,7 +122,8 @@ def release_memory():
     ``NUMBANORM_REUSE_BYTES``, read at import; 0 turns this off), and hands it
     out again for the next output of the same size: a new block costs the
     operating system's zeroing of every page, a quarter of a large forward
-    pass. Memory an array still uses is never reused.
+    pass. Memory an array still uses is never reused; it goes back to the
+    system when the caller drops it.
 
     Returns
     -------
@@ -127,6 +131,7 @@ def release_memory():
         The number of bytes released.
     """
     with _lock:
-        released = _free_bytes()
-        _free.clear()
+        counts = _refcounts(_blocks)
+        released = sum(e[0].nbytes for e, c in zip(_blocks, counts) if c == _UNUSED)
+        _blocks.clear()
     return released
