@@ -100,11 +100,12 @@ def _take(nbytes):
         return entry
 
 
-def empty(shape, dtype):
-    """``np.empty(shape, dtype)`` (``dtype`` a ``np.dtype``); when it is large,
-    a view of a reused block, starting on a page."""
+def empty(shape, dtype, min_bytes=None):
+    """``np.empty(shape, dtype)`` (``dtype`` a ``np.dtype``); when it has at
+    least ``min_bytes`` (default :data:`REUSE_MIN_BYTES`), a view of a reused
+    block, starting on a page."""
     nbytes = math.prod(shape) * dtype.itemsize
-    if nbytes < REUSE_MIN_BYTES:
+    if nbytes < (REUSE_MIN_BYTES if min_bytes is None else min_bytes):
         return np.empty(shape, dtype)
     if REUSE_MAX_BYTES > 0:
         block, start = _take(nbytes + START_BYTES)
@@ -135,3 +136,58 @@ def release_memory():
         released = sum(e[0].nbytes for e, c in zip(_blocks, counts) if c == _UNUSED)
         _blocks.clear()
     return released
+
+
+#: Saved statistics (float64, returned to the caller) from this size on come
+#: from reusable blocks too (see :func:`stats`).
+STATS_REUSE_MIN_BYTES = 256 << 10
+
+_FLOAT64 = np.dtype(np.float64)
+
+
+def stats(shape):
+    """A float64 array for statistics the caller gets back (``saved.mean``,
+    ``saved.rstd``): from a reusable block when it has at least
+    :data:`STATS_REUSE_MIN_BYTES`. Plain arrays of that size are new pages on
+    every call in a process that frees little else (see :func:`scratch`):
+    instance norm 256x512x7x7 forward took 480 page faults a call for its
+    two 1 MiB statistics, layer norm 65536x128 forward 224."""
+    return empty(shape, _FLOAT64, STATS_REUSE_MIN_BYTES)
+
+
+# ------------------------------------------------------------ scratch ---
+
+#: Work arrays up to this size are kept between calls (see :func:`scratch`).
+SCRATCH_MAX_BYTES = 16 << 20
+#: ... at most this many per thread, the least recently used dropped first.
+SCRATCH_ENTRIES = 16
+
+_scratch = threading.local()
+
+
+def scratch(name, shape):
+    """A float64 work array of ``shape`` that this thread reuses from call to
+    call: its contents are undefined, and it must not outlive the call that
+    asked for it (partial sums the kernels write in full and the engine then
+    adds up). ``name`` tells apart the arrays one call uses at once.
+
+    A new array of a few hundred kilobytes each call is not free: glibc gives
+    freed memory back to the system once enough of it sits at the top of its
+    heap, and the next call's array is then new pages, zeroed by the
+    operating system on first touch. In a process that does nothing else,
+    instance norm 256x512x7x7 backward took 480 page faults a call for its two
+    1 MiB per-sample sums (2.2 ms a call, 1.5 ms without them).
+    """
+    cache = getattr(_scratch, "arrays", None)
+    if cache is None:
+        cache = _scratch.arrays = {}
+    key = (name, shape)
+    a = cache.pop(key, None)
+    if a is None:
+        a = np.empty(shape)
+        if a.nbytes > SCRATCH_MAX_BYTES:
+            return a
+        if len(cache) >= SCRATCH_ENTRIES:
+            del cache[next(iter(cache))]
+    cache[key] = a  # now the most recently used
+    return a

@@ -20,6 +20,7 @@ arrays are built on the host.
 
 import numpy as np
 
+from . import _buffers
 from . import _cpu as backend
 
 #: Elements one channel-kernel task handles (at least one ``P`` index); fixed,
@@ -100,7 +101,7 @@ def running_update(running_mean, running_var, mean, var, momentum, unbiased):
 
 def rstd_of(var, eps):
     """``1 / sqrt(var + eps)``, without warnings for zero or non-finite input."""
-    rstd = np.empty(var.shape)
+    rstd = _buffers.stats(var.shape)
     backend.rstd_of.serial(_flat(var), float(eps), _flat(rstd))
     return rstd
 
@@ -132,8 +133,8 @@ def row_forward(xk, weight, bias, eps, center, yk):
     dtype = xk.dtype
     w = _flat(weight) if weight is not None else np.ones(length)
     b = _flat(bias) if bias is not None else np.zeros(length)
-    mean = np.empty(rows)
-    rstd = np.empty(rows)
+    mean = _buffers.stats((rows,))
+    rstd = _buffers.stats((rows,))
     backend.row_forward.for_size(xk.size)(
         xk, coefficients(w, dtype), coefficients(b, dtype), eps, center, yk, mean, rstd
     )
@@ -147,8 +148,8 @@ def row_backward(dyk, xk, mean, rstd, weight, center, param_grads, dxk):
     rows_per_block = max(MIN_ROWS_PER_BLOCK, -(-rows // ROW_BLOCKS))
     nblocks = -(-rows // rows_per_block)
     part_shape = (nblocks, length if param_grads else 0)
-    dw_part = np.empty(part_shape)
-    db_part = np.empty(part_shape)
+    dw_part = _buffers.scratch("dw_part", part_shape)
+    db_part = _buffers.scratch("db_part", part_shape)
     backend.row_backward.for_size(xk.size)(
         dyk, xk, coefficients(mean), coefficients(rstd), coefficients(w, xk.dtype), center, param_grads,
         rows_per_block, dxk, dw_part, db_part,
@@ -183,8 +184,8 @@ def _moment_parts(xk, groups, center):
         xk = xk.reshape(n, 1, groups, cg * q)
     chunk, nchunks = _p_chunk(xk.shape)
     width = xk.shape[2]
-    s1_part = np.empty((n, nchunks, width))
-    s2_part = np.empty((n, nchunks, width))
+    s1_part = _buffers.scratch("s1_part", (n, nchunks, width))
+    s2_part = _buffers.scratch("s2_part", (n, nchunks, width))
     backend.channel_moments.for_size(xk.size)(xk, shift, chunk, s1_part, s2_part)
     return shift, s1_part, s2_part, count
 
@@ -210,8 +211,8 @@ def group_moments(xk, groups):
     cold (see :func:`numbanorm._cpu.channels.channel_backward_coefficients`).
     """
     shift, s1_part, s2_part, count = _moment_parts(xk, groups, center=True)
-    mean = np.empty(shift.shape)
-    var = np.empty(shift.shape)
+    mean = _buffers.stats(shift.shape)
+    var = _buffers.stats(shift.shape)
     backend.channel_moments_totals.serial(s1_part, s2_part, shift, count, mean, var)
     return mean, var
 
@@ -250,8 +251,8 @@ def group_backward(dyk, xk, mean, rstd, weight, batch_stats, param_grads, dxk):
     dweight = np.empty(c if param_grads else 0)
     dbias = np.empty(c if param_grads else 0)
     if batch_stats or param_grads:
-        a_part = np.empty((n, nchunks, c))
-        b_part = np.empty((n, nchunks, c))
+        a_part = _buffers.scratch("a_part", (n, nchunks, c))
+        b_part = _buffers.scratch("b_part", (n, nchunks, c))
         backend.channel_grad_sums.for_size(xk.size)(dyk, xk, mean, chunk, a_part, b_part)
         backend.channel_backward_coefficients.serial(
             a_part, b_part, w, rstd, count, batch_stats, beta, gamma, dweight, dbias
@@ -278,8 +279,8 @@ def sample_forward(xk, groups, weight, bias, eps, yk):
         rstd = rstd_of(var, eps)
         group_apply(xk, mean, rstd, weight, bias, yk)
         return mean, rstd
-    mean = np.empty((n, groups))
-    rstd = np.empty((n, groups))
+    mean = _buffers.stats((n, groups))
+    rstd = _buffers.stats((n, groups))
     backend.sample_norm_forward.for_size(xk.size)(
         xk, groups, _param(weight, c, 1.0), _param(bias, c, 0.0), eps, yk, mean, rstd
     )
@@ -293,8 +294,8 @@ def sample_backward(dyk, xk, mean, rstd, weight, param_grads, dxk):
     if n < SAMPLE_KERNEL_MIN_N:
         return group_backward(dyk, xk, mean, rstd, weight, True, param_grads, dxk)
     mean, rstd = coefficients(mean), coefficients(rstd)
-    sum_dy = np.empty((n, c))
-    sum_dy_xhat = np.empty((n, c))
+    sum_dy = _buffers.scratch("sum_dy", (n, c))
+    sum_dy_xhat = _buffers.scratch("sum_dy_xhat", (n, c))
     backend.sample_norm_backward.for_size(xk.size)(
         dyk, xk, mean, rstd, _param(weight, c, 1.0), sum_dy, sum_dy_xhat, dxk
     )
@@ -308,7 +309,7 @@ def sample_backward(dyk, xk, mean, rstd, weight, param_grads, dxk):
 
 def weight_norm_forward(vk, g, wk):
     """``w = g[r] * v / ||v[r]||`` per row of ``vk``; returns float64 ``1/||v||``."""
-    rstd = np.empty(vk.shape[0])
+    rstd = _buffers.stats((vk.shape[0],))
     backend.row_scale_forward.for_size(vk.size)(vk, coefficients(g.reshape(-1)), wk, rstd)
     return rstd
 

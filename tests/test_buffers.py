@@ -113,3 +113,67 @@ def test_reuse_can_be_turned_off_and_blocks_outlive_the_interpreter_quietly():
         assert run.returncode == 0, run.stderr
         assert run.stdout.strip() == reused
         assert run.stderr == ""
+
+
+def test_scratch_arrays_are_reused_per_name_shape_and_thread():
+    import threading
+
+    a = _buffers.scratch("test_a", (3, 5))
+    assert a.shape == (3, 5) and a.dtype == np.float64
+    assert _buffers.scratch("test_a", (3, 5)) is a  # the next call gets it again
+    assert _buffers.scratch("test_b", (3, 5)) is not a  # two arrays live at once
+    assert _buffers.scratch("test_a", (5, 3)) is not a
+    other = []
+    t = threading.Thread(target=lambda: other.append(_buffers.scratch("test_a", (3, 5))))
+    t.start()
+    t.join()
+    assert other[0] is not a  # kernels release the GIL: threads never share one
+
+
+def test_scratch_keeps_few_and_small_arrays():
+    big = (_buffers.SCRATCH_MAX_BYTES // 8 + 1,)
+    assert _buffers.scratch("test_big", big) is not _buffers.scratch("test_big", big)
+    first = _buffers.scratch("test_first", (2,))
+    for i in range(_buffers.SCRATCH_ENTRIES):
+        _buffers.scratch(f"test_fill_{i}", (2,))
+    assert _buffers.scratch("test_first", (2,)) is not first  # the least recent went
+
+
+def test_large_saved_statistics_reuse_dropped_blocks_and_only_those(rng):
+    nn.release_memory()
+    x = rng.standard_normal((256, 512, 2)).astype(np.float32)  # 1 MiB of means
+    y, saved = nn.instance_norm(x)
+    assert saved.mean.nbytes >= _buffers.STATS_REUSE_MIN_BYTES
+    first = _address(saved.mean)
+    kept = saved.rstd.copy()
+    rstd = saved.rstd
+    del y, saved
+    _, again = nn.instance_norm(x)
+    assert _address(again.mean) == first  # dropped: reused
+    assert not np.shares_memory(again.rstd, rstd)  # still held: not reused
+    np.testing.assert_array_equal(rstd, kept)
+    mean64 = x.astype(np.float64).mean(axis=2)
+    np.testing.assert_allclose(again.mean, mean64, rtol=1e-12, atol=1e-12)
+    nn.release_memory()
+
+
+def test_gradients_are_right_when_work_arrays_are_reused(rng):
+    # The per-sample and chunk sums live in reused work arrays: a second call
+    # on other data must not see the first call's sums.
+    for shape, axis in (((256, 64, 3), 1), ((2, 40, 64), -1)):
+        x1 = rng.standard_normal(shape).astype(np.float32)
+        x2 = (3.0 * rng.standard_normal(shape) + 1.0).astype(np.float32)
+        dy = rng.standard_normal(shape).astype(np.float32)
+        w = (1.0 + 0.1 * rng.standard_normal(shape[axis])).astype(np.float32)
+        b = (0.1 * rng.standard_normal(shape[axis])).astype(np.float32)
+        for forward, backward in (
+            (nn.instance_norm, nn.instance_norm_backward),
+            (nn.batch_norm, nn.batch_norm_backward),
+        ):
+            first = backward(dy, x1, forward(x1, w, b, axis=axis)[1], w, axis=axis)
+            second = backward(dy, x2, forward(x2, w, b, axis=axis)[1], w, axis=axis)
+            fresh = backward(dy, x1, forward(x1, w, b, axis=axis)[1], w, axis=axis)
+            assert all(g is not None for g in first)  # dx, dweight and dbias
+            for a, c in zip(first, fresh):
+                np.testing.assert_array_equal(a, c)
+            assert not np.array_equal(first[1], second[1])
