@@ -118,13 +118,15 @@ def empty(shape, dtype, min_bytes=None):
 def release_memory():
     """Give every kept output block back to the operating system.
 
-    numbanorm keeps the memory of large outputs (16 MiB and more) that the
-    caller has dropped, up to 512 MiB in all (environment variable
-    ``NUMBANORM_REUSE_BYTES``, read at import; 0 turns this off), and hands it
-    out again for the next output of the same size: a new block costs the
-    operating system's zeroing of every page, a quarter of a large forward
-    pass. Memory an array still uses is never reused; it goes back to the
-    system when the caller drops it.
+    numbanorm keeps the memory of large outputs (16 MiB and more) and saved
+    statistics (256 KiB and more) that the caller has dropped, up to 512 MiB
+    in all (environment variable ``NUMBANORM_REUSE_BYTES``, read at import; 0
+    turns this off), and hands it out again for the next array of the same
+    size: a new block costs the operating system's zeroing of every page, a
+    quarter of a large forward pass. Memory an array still uses is never
+    reused; it goes back to the system when the caller drops it. The calling
+    thread's work arrays (partial sums kept between calls, at most 16 of at
+    most 16 MiB each per thread) are dropped too.
 
     Returns
     -------
@@ -135,6 +137,9 @@ def release_memory():
         counts = _refcounts(_blocks)
         released = sum(e[0].nbytes for e, c in zip(_blocks, counts) if c == _UNUSED)
         _blocks.clear()
+    arrays = getattr(_scratch, "arrays", {})
+    released += sum(a.nbytes for a in arrays.values())
+    arrays.clear()
     return released
 
 
