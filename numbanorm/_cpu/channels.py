@@ -608,48 +608,40 @@ def _pair_dx(g2, x2, d2, h0, l0, al0, be0, ga0, h1, l1, al1, be1, ga1):
 
 
 @helper(inline=True)
-def _group_pairs_backward(dy, x, dx, n, g, mean, rstd, weight, inv_count, sa, sb):
-    """:func:`_group_backward_runs` for a group of an even number of short
-    channels (``P == 1``), two channels per loop."""
-    N, P, C, Q = x.shape
-    cg = C // mean.shape[0]
-    mu = mean[g]
-    h, l = split_like(x, mu)
+def _group_pairs_backward(gs, xs, ds, g, cg, mu, rs, weight, inv_count, sa, sb):
+    """:func:`_group_backward_runs` for group ``g`` of ``cg`` short channels
+    (an even number) of one sample, two channels per loop; ``gs``, ``xs``,
+    ``ds`` are the sample's ``(C, Q)`` arrays of ``dy``, ``x``, ``dx`` (``P == 1``),
+    ``mu``/``rs`` the group's statistics."""
+    h, l = split_like(xs, mu)
     for c in range(g * cg, (g + 1) * cg, 2):
-        sa[c], sb[c], sa[c + 1], sb[c + 1] = _pair_sums(
-            dy[n, 0, c:c + 2], x[n, 0, c:c + 2], h, l, h, l
-        )
-    rs = rstd[g]
+        sa[c], sb[c], sa[c + 1], sb[c + 1] = _pair_sums(gs[c:c + 2], xs[c:c + 2], h, l, h, l)
     beta, gamma = _group_coefficients(sa, sb, weight, g, cg, rs, inv_count)
-    be = cast_like(x, beta)
-    ga = cast_like(x, gamma)
+    be = cast_like(xs, beta)
+    ga = cast_like(xs, gamma)
     for c in range(g * cg, (g + 1) * cg, 2):
-        al0 = cast_like(x, rs * weight[c])
-        al1 = cast_like(x, rs * weight[c + 1])
-        _pair_dx(
-            dy[n, 0, c:c + 2], x[n, 0, c:c + 2], dx[n, 0, c:c + 2],
-            h, l, al0, be, ga, h, l, al1, be, ga,
-        )
+        al0 = cast_like(xs, rs * weight[c])
+        al1 = cast_like(xs, rs * weight[c + 1])
+        _pair_dx(gs[c:c + 2], xs[c:c + 2], ds[c:c + 2], h, l, al0, be, ga, h, l, al1, be, ga)
 
 
 @helper(inline=True)
-def _instance_pair_backward(dy, x, dx, n, c, mean, rstd, weight, inv_count, sa, sb):
+def _instance_pair_backward(gs, xs, ds, c, mean, rstd, weight, inv_count, sa, sb):
     """:func:`_group_backward_runs` for instance norm's channels ``c`` and
-    ``c + 1`` of sample ``n`` (``P == 1``, short runs), in one loop each for
-    the sums and for ``dx``."""
-    m0, m1 = mean[c], mean[c + 1]
-    h0, l0 = split_like(x, m0)
-    h1, l1 = split_like(x, m1)
-    sa[c], sb[c], sa[c + 1], sb[c + 1] = _pair_sums(
-        dy[n, 0, c:c + 2], x[n, 0, c:c + 2], h0, l0, h1, l1
-    )
+    ``c + 1`` of one sample (its ``(C, Q)`` arrays, as in
+    :func:`_group_pairs_backward`), in one loop each for the sums and for
+    ``dx``."""
+    h0, l0 = split_like(xs, mean[c])
+    h1, l1 = split_like(xs, mean[c + 1])
+    g2, x2, d2 = gs[c:c + 2], xs[c:c + 2], ds[c:c + 2]
+    sa[c], sb[c], sa[c + 1], sb[c + 1] = _pair_sums(g2, x2, h0, l0, h1, l1)
     r0, r1 = rstd[c], rstd[c + 1]
     beta0, gamma0 = _group_coefficients(sa, sb, weight, c, 1, r0, inv_count)
     beta1, gamma1 = _group_coefficients(sa, sb, weight, c + 1, 1, r1, inv_count)
     _pair_dx(
-        dy[n, 0, c:c + 2], x[n, 0, c:c + 2], dx[n, 0, c:c + 2],
-        h0, l0, cast_like(x, r0 * weight[c]), cast_like(x, beta0), cast_like(x, gamma0),
-        h1, l1, cast_like(x, r1 * weight[c + 1]), cast_like(x, beta1), cast_like(x, gamma1),
+        g2, x2, d2,
+        h0, l0, cast_like(xs, r0 * weight[c]), cast_like(xs, beta0), cast_like(xs, gamma0),
+        h1, l1, cast_like(xs, r1 * weight[c + 1]), cast_like(xs, beta1), cast_like(xs, gamma1),
     )
 
 
@@ -733,15 +725,20 @@ def sample_norm_backward(dy, x, mean, rstd, weight, sum_dy, sum_dy_xhat, dx):
         if Q > 1:
             # Channels first: one group at a time, its sums and then its dx
             # while the group's runs are still in the L1 cache.
+            # Short runs of NCHW data: two channels per loop, on the
+            # sample's (C, Q) arrays (sliced once per sample, not per pair).
             g = 0
-            if cg == 1 and P == 1 and Q <= SHORT_RUN:
+            short = P == 1 and Q <= SHORT_RUN
+            gs, xs, ds = dy[n, 0], x[n, 0], dx[n, 0]
+            if short and cg == 1:
                 while g + 2 <= groups:
-                    _instance_pair_backward(dy, x, dx, n, g, mean[n], rstd[n], weight, inv_count, sa, sb)
+                    _instance_pair_backward(gs, xs, ds, g, mean[n], rstd[n], weight, inv_count, sa, sb)
                     g += 2
-            short_pairs = cg % 2 == 0 and P == 1 and Q <= SHORT_RUN
             for g in range(g, groups):
-                if short_pairs:
-                    _group_pairs_backward(dy, x, dx, n, g, mean[n], rstd[n], weight, inv_count, sa, sb)
+                if short and cg % 2 == 0:
+                    _group_pairs_backward(
+                        gs, xs, ds, g, cg, mean[n, g], rstd[n, g], weight, inv_count, sa, sb
+                    )
                 else:
                     _group_backward_runs(dy, x, dx, n, g, mean[n], rstd[n], weight, inv_count, sa, sb)
         else:
