@@ -732,7 +732,9 @@ def sample_norm_backward(dy, x, mean, rstd, weight, sum_dy, sum_dy_xhat, dx):
             gs, xs, ds = dy[n, 0], x[n, 0], dx[n, 0]
             if short and cg == 1:
                 while g + 2 <= groups:
-                    _instance_pair_backward(gs, xs, ds, g, mean[n], rstd[n], weight, inv_count, sa, sb)
+                    _instance_pair_backward(
+                        gs, xs, ds, g, mean[n], rstd[n], weight, inv_count, sa, sb
+                    )
                     g += 2
             for g in range(g, groups):
                 if short and cg % 2 == 0:
@@ -740,7 +742,9 @@ def sample_norm_backward(dy, x, mean, rstd, weight, sum_dy, sum_dy_xhat, dx):
                         gs, xs, ds, g, cg, mean[n, g], rstd[n, g], weight, inv_count, sa, sb
                     )
                 else:
-                    _group_backward_runs(dy, x, dx, n, g, mean[n], rstd[n], weight, inv_count, sa, sb)
+                    _group_backward_runs(
+                        dy, x, dx, n, g, mean[n], rstd[n], weight, inv_count, sa, sb
+                    )
         else:
             hi = aligned_empty(C, x)
             lo = aligned_empty(C, x)
@@ -749,7 +753,9 @@ def sample_norm_backward(dy, x, mean, rstd, weight, sum_dy, sum_dy_xhat, dx):
             beta = aligned_empty(groups, mean)
             gamma = aligned_empty(groups, mean)
             for g in range(groups):
-                beta[g], gamma[g] = _group_coefficients(sa, sb, weight, g, cg, rstd[n, g], inv_count)
+                beta[g], gamma[g] = _group_coefficients(
+                    sa, sb, weight, g, cg, rstd[n, g], inv_count
+                )
             al = aligned_empty(C, x)
             be = aligned_empty(C, x)
             ga = aligned_empty(C, x)
