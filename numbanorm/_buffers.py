@@ -70,6 +70,13 @@ def _refcounts(entries):
 _UNUSED = _refcounts([[np.empty(0, np.uint8), 0]])[0]
 
 
+def _new_block(nbytes):
+    """A new block of ``nbytes`` as ``[block, start]``, ``start`` the offset of
+    its first page boundary."""
+    block = np.empty(nbytes, np.uint8)
+    return [block, -block.__array_interface__["data"][0] % START_BYTES]
+
+
 def _take(nbytes):
     """A block of ``nbytes`` that nothing uses, reused or new, as ``[block, start]``."""
     with _lock:
@@ -79,8 +86,7 @@ def _take(nbytes):
                 del _blocks[i]
                 _blocks.append(entry)
                 return entry
-        block = np.empty(nbytes, np.uint8)
-        entry = [block, -block.__array_interface__["data"][0] % START_BYTES]
+        entry = _new_block(nbytes)
         if nbytes > REUSE_MAX_BYTES:
             return entry
         # Room for it: drop unused blocks, the least recently handed out first
@@ -107,11 +113,8 @@ def empty(shape, dtype, min_bytes=None):
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes < (REUSE_MIN_BYTES if min_bytes is None else min_bytes):
         return np.empty(shape, dtype)
-    if REUSE_MAX_BYTES > 0:
-        block, start = _take(nbytes + START_BYTES)
-    else:
-        block = np.empty(nbytes + START_BYTES, np.uint8)
-        start = -block.__array_interface__["data"][0] % START_BYTES
+    take = _take if REUSE_MAX_BYTES > 0 else _new_block
+    block, start = take(nbytes + START_BYTES)
     return block[start:start + nbytes].view(dtype).reshape(shape)
 
 

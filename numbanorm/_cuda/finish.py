@@ -3,8 +3,8 @@
 The CPU engine runs the same steps as serial kernels on the host
 (:mod:`numbanorm._cpu.finish`, and the glue kernels of
 :mod:`numbanorm._cpu.channels`); on the GPU they are these kernels, so
-statistics, running statistics and gradients never leave the device. Each thread owns one output
-and adds its inputs in a fixed order (no atomics).
+statistics, running statistics and gradients never leave the device. Each
+thread owns one output and adds its inputs in a fixed order (no atomics).
 """
 
 import math
