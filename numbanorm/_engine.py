@@ -36,6 +36,9 @@ MIN_ROWS_PER_BLOCK = 16
 #: Group and instance norm run one fused task per sample from this many
 #: samples on (see :func:`sample_forward`).
 SAMPLE_KERNEL_MIN_N = 4
+#: Their backward adds the samples' parameter-gradient sums in at most this
+#: many blocks of consecutive samples (as ``ROW_BLOCKS``).
+SAMPLE_BLOCKS = 16
 
 
 #: Element types the CPU kernels take.
@@ -294,10 +297,13 @@ def sample_backward(dyk, xk, mean, rstd, weight, param_grads, dxk):
     if n < SAMPLE_KERNEL_MIN_N:
         return group_backward(dyk, xk, mean, rstd, weight, True, param_grads, dxk)
     mean, rstd = coefficients(mean), coefficients(rstd)
-    sum_dy = _buffers.scratch("sum_dy", (n, c))
-    sum_dy_xhat = _buffers.scratch("sum_dy_xhat", (n, c))
+    samples_per_block = -(-n // SAMPLE_BLOCKS)
+    part_shape = (-(-n // samples_per_block), c)
+    sum_dy = _buffers.scratch("sum_dy", part_shape)
+    sum_dy_xhat = _buffers.scratch("sum_dy_xhat", part_shape)
     backend.sample_norm_backward.for_size(xk.size)(
-        dyk, xk, mean, rstd, _param(weight, c, 1.0), sum_dy, sum_dy_xhat, dxk
+        dyk, xk, mean, rstd, _param(weight, c, 1.0), samples_per_block, sum_dy, sum_dy_xhat,
+        dxk,
     )
     if not param_grads:
         return None, None

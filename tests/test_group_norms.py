@@ -124,3 +124,31 @@ def test_per_sample_forward_matches_reference(shape, axis, groups, dtype, rng):
     x64 = np.moveaxis(x.astype(np.float64), axis, 1).reshape(shape[0], groups, -1)
     np.testing.assert_allclose(saved.mean, x64.mean(axis=2), rtol=1e-12)
     np.testing.assert_allclose(saved.rstd, 1.0 / np.sqrt(x64.var(axis=2) + 1e-5), rtol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "shape, axis, groups",
+    [
+        ((35, 8, 7, 7), 1, 8),  # instance norm on short runs: two channels per loop
+        ((35, 8, 7, 7), 1, 4),  # groups of short runs, two channels per loop
+        ((35, 6, 5, 5), 1, 2),  # groups of an odd channel count: run by run
+        ((35, 4, 5, 12), -1, 4),  # channels last
+    ],
+)
+def test_per_sample_backward_adds_blocks_of_samples(shape, axis, groups, rng):
+    # The per-sample backward adds its parameter-gradient sums in blocks of
+    # consecutive samples; 35 samples make blocks of 3 and a last one of 2.
+    from numbanorm import _engine
+
+    per_block = -(-shape[0] // _engine.SAMPLE_BLOCKS)
+    assert per_block > 1 and shape[0] % per_block != 0
+    c = shape[axis]
+    x = normal(rng, shape, np.float64, loc=50.0, scale=2.0)
+    w, b = normal(rng, (c,)), normal(rng, (c,))
+    dy = normal(rng, shape)
+    _, saved = nn.group_norm(x, groups, w, b, axis=axis)
+    dx, dw, db = nn.group_norm_backward(dy, x, saved, w, axis=axis)
+    rdx, rdw, rdb = ref.group_norm_backward(dy, x, groups, w, axis)
+    assert_close(dx, rdx, RTOL[np.float64] * 10, "dx")
+    assert_close(dw, rdw, RTOL[np.float64] * 10, "dweight")
+    assert_close(db, rdb, RTOL[np.float64] * 10, "dbias")
