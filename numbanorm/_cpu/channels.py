@@ -768,8 +768,7 @@ def sample_norm_backward(
 
     A row per block rather than per sample keeps the partial sums small next
     to the data: NumPy adds them up after the pass, with the caches cold
-    (instance norm 256x512x7x7: 2 MiB of per-sample rows cost 60 us to add,
-    as much again to write).
+    (instance norm 256x512x7x7: 2 MiB of per-sample rows took 60 us to add).
     """
     N, P, C, Q = x.shape
     groups = mean.shape[1]
