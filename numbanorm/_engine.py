@@ -296,7 +296,7 @@ def sample_forward(xk, groups, weight, bias, eps, yk):
 def sample_backward(dyk, xk, mean, rstd, weight, param_grads, dxk):
     """Backward of :func:`sample_forward`; dx into ``dxk``, returns float64
     ``(dweight, dbias)`` (or Nones)."""
-    n, _, c, _ = xk.shape
+    n, p, c, q = xk.shape
     if n < SAMPLE_KERNEL_MIN_N:
         return group_backward(dyk, xk, mean, rstd, weight, True, param_grads, dxk)
     mean, rstd = coefficients(mean), coefficients(rstd)
@@ -304,7 +304,11 @@ def sample_backward(dyk, xk, mean, rstd, weight, param_grads, dxk):
     part_shape = (-(-n // samples_per_block), c)
     sum_dy = _buffers.scratch("sum_dy", part_shape)
     sum_dy_xhat = _buffers.scratch("sum_dy_xhat", part_shape)
-    backend.sample_norm_backward.for_size(xk.size)(
+    if p == 1 and q <= backend.SHORT_RUN and mean.shape[1] == c:
+        kernel = backend.instance_runs_backward  # instance norm, NCHW short runs
+    else:
+        kernel = backend.sample_norm_backward
+    kernel.for_size(xk.size)(
         dyk, xk, mean, rstd, _param(weight, c, 1.0), samples_per_block, sum_dy, sum_dy_xhat,
         dxk,
     )

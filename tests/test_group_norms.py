@@ -130,14 +130,17 @@ def test_per_sample_forward_matches_reference(shape, axis, groups, dtype, rng):
     "shape, axis, groups",
     [
         ((67, 8, 7, 7), 1, 8),  # instance norm on short runs: two channels per loop
+        ((67, 7, 7, 7), 1, 7),  # ... an odd channel count: the last channel alone
+        ((67, 1, 7, 7), 1, 1),  # ... one channel
         ((67, 8, 7, 7), 1, 4),  # groups of short runs, two channels per loop
         ((67, 6, 5, 5), 1, 2),  # groups of an odd channel count: run by run
         ((67, 4, 5, 12), -1, 4),  # channels last
     ],
 )
 def test_per_sample_backward_adds_blocks_of_samples(shape, axis, groups, rng):
-    # The per-sample backward adds its parameter-gradient sums in blocks of
-    # consecutive samples; 67 samples make blocks of 2 and a last one of 1.
+    # The per-sample backward kernels (instance norm on short NCHW runs has
+    # its own) add their parameter-gradient sums in blocks of consecutive
+    # samples; 67 samples make blocks of 2 and a last one of 1.
     from numbanorm import _engine
 
     per_block = -(-shape[0] // _engine.SAMPLE_BLOCKS)

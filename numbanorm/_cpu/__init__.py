@@ -12,7 +12,9 @@ from .channels import (
     channel_grad_sums,
     channel_moments,
     channel_moments_totals,
+    instance_runs_backward,
     sample_norm_backward,
+    SHORT_RUN,
     sample_norm_forward,
 )
 from .finish import rstd_of, running_update
@@ -25,6 +27,7 @@ __all__ = [
     "channel_grad_sums",
     "channel_moments",
     "channel_moments_totals",
+    "instance_runs_backward",
     "row_backward",
     "sample_norm_backward",
     "sample_norm_forward",
@@ -33,4 +36,5 @@ __all__ = [
     "row_scale_forward",
     "rstd_of",
     "running_update",
+    "SHORT_RUN",
 ]
