@@ -156,7 +156,8 @@ def row_backward(dyk, xk, mean, rstd, weight, center, param_grads, dxk):
     part_shape = (nblocks, length if param_grads else 0)
     dw_part = _buffers.scratch("dw_part", part_shape)
     db_part = _buffers.scratch("db_part", part_shape)
-    backend.row_backward.for_size(xk.size)(
+    kernel = backend.long_row_backward if length >= backend.FUSED_ROW_MIN else backend.row_backward
+    kernel.for_size(xk.size)(
         dyk, xk, coefficients(mean), coefficients(rstd), coefficients(w, xk.dtype), center, param_grads,
         rows_per_block, dxk, dw_part, db_part,
     )

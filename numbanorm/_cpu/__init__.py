@@ -6,6 +6,7 @@ array is C-contiguous; accumulation is float64.
 """
 
 from .channels import (
+    SHORT_RUN,
     channel_affine,
     channel_backward_apply,
     channel_backward_coefficients,
@@ -14,11 +15,17 @@ from .channels import (
     channel_moments_totals,
     instance_runs_backward,
     sample_norm_backward,
-    SHORT_RUN,
     sample_norm_forward,
 )
 from .finish import rstd_of, running_update
-from .rows import row_backward, row_forward, row_scale_backward, row_scale_forward
+from .rows import (
+    FUSED_ROW_MIN,
+    long_row_backward,
+    row_backward,
+    row_forward,
+    row_scale_backward,
+    row_scale_forward,
+)
 
 __all__ = [
     "channel_affine",
@@ -28,6 +35,7 @@ __all__ = [
     "channel_moments",
     "channel_moments_totals",
     "instance_runs_backward",
+    "long_row_backward",
     "row_backward",
     "sample_norm_backward",
     "sample_norm_forward",
@@ -37,4 +45,5 @@ __all__ = [
     "rstd_of",
     "running_update",
     "SHORT_RUN",
+    "FUSED_ROW_MIN",
 ]

@@ -13,11 +13,12 @@ runs at float32 vector width.
 import numpy as np
 from numba import prange
 
-from .._jit import cast_like, kernel, split_like
+from .._jit import cast_like, helper, kernel, split_like
 
 #: Rows whose parameter-gradient terms are added together (see row_backward).
 PARAM_ROWS = 4
-#: Rows at least this long take dx and the parameter terms in one loop.
+#: Rows at least this long take dx and the parameter terms in one loop
+#: (:func:`long_row_backward`).
 FUSED_ROW_MIN = 2048
 
 
@@ -57,11 +58,60 @@ def row_forward(x, weight, bias, eps, center, y, mean, rstd):
             y[r, j] = ((x[r, j] - hi) - lo) * rs_x * weight[j] + bias[j]
 
 
+@helper(inline=True)
+def _row_dx_coefficients(dy, x, weight, r, mu, rs, center):
+    """Row ``r``'s ``hi``, ``lo`` (its mean split), ``rstd`` in ``x``'s dtype,
+    and the two ``dx`` coefficients ``mean(g)`` (0 unless ``center``) and
+    ``mean(g * xhat)``, from float64 sums."""
+    n = x.shape[1]
+    hi, lo = split_like(x, mu)
+    sg = 0.0
+    sgx = 0.0
+    for j in range(n):
+        g = np.float64(dy[r, j]) * np.float64(weight[j])
+        xh = np.float64((x[r, j] - hi) - lo) * rs
+        sg += g
+        sgx += g * xh
+    cg = cast_like(x, sg / n if center else 0.0)
+    return hi, lo, cast_like(x, rs), cg, cast_like(x, sgx / n)
+
+
+@helper(inline=True)
+def _row_dx(dy, x, weight, r, hi, lo, rs_x, cg, cgx, dx):
+    """``dx`` of row ``r`` (see :func:`row_backward`)."""
+    for j in range(x.shape[1]):
+        xh = ((x[r, j] - hi) - lo) * rs_x
+        dx[r, j] = rs_x * (dy[r, j] * weight[j] - cg - xh * cgx)
+
+
+@helper(inline=True)
+def _add_rows_param_terms(dy, x, r0, r1, his, los, rss, dw, db):
+    """Rows ``r0:r1``'s terms ``dy * xhat`` and ``dy`` added to ``dw`` and
+    ``db``, row by row (``his[r - r0]`` etc. hold row ``r``'s mean and rstd)."""
+    for r in range(r0, r1):
+        hi, lo, rs_x = his[r - r0], los[r - r0], rss[r - r0]
+        for j in range(x.shape[1]):
+            g = dy[r, j]
+            dw[j] += np.float64(g * (((x[r, j] - hi) - lo) * rs_x))
+            db[j] += np.float64(g)
+
+
+@helper(inline=True)
+def _block_work(x, param_grads):
+    """A row block's float64 parameter sums (empty unless ``param_grads``),
+    and room for the hi, lo, rstd and two ``dx`` coefficients of its last
+    ``PARAM_ROWS`` rows."""
+    width = x.shape[1] if param_grads else 0
+    last = np.empty((5, PARAM_ROWS), x.dtype)
+    return np.zeros(width), np.zeros(width), last[0], last[1], last[2], last[3], last[4]
+
+
 @kernel
 def row_backward(
     dy, x, mean, rstd, weight, center, param_grads, rows_per_block, dx, dweight_part, dbias_part
 ):
-    """Gradient of :func:`row_forward` with respect to ``x`` (and the affine).
+    """Gradient of :func:`row_forward` with respect to ``x`` (and the affine),
+    for rows shorter than ``FUSED_ROW_MIN`` (see :func:`long_row_backward`).
 
     With ``xhat = (x - mean) * rstd`` and ``g = dy * weight``:
     ``dx = rstd * (g - mean(g) - xhat * mean(g * xhat))`` (``mean(g)`` is
@@ -74,92 +124,102 @@ def row_backward(
     in ``x``'s dtype and then to the float64 sums: those sums are twice a
     row's length, and loading and storing them once per row cost more than
     the rest of the pass (LN 8192x4096: 13.5 ms with parameter gradients,
-    8.3 ms without). Rows of at least ``FUSED_ROW_MIN`` values (too long for
-    four of them to stay in L1) take their ``dx`` and their parameter terms
-    in one loop over the four rows, which reads them once instead of twice
-    (LN 8192x4096, one thread: 21.0 ms against 18.2 ms); shorter rows keep
-    the two loops, which vectorize better (LN 16384x512: 4.6 ms against
-    6.9 ms fused). Both orders give the same bits.
+    8.3 ms without). Each row's sums and ``dx`` come first, then the four
+    rows' parameter terms in a loop of their own, which vectorizes better
+    than one loop for both (LN 16384x512: 4.6 ms against 6.9 ms).
+
+    Long rows have a kernel of their own: with both orders in one kernel,
+    short rows ran 5-8% slower (public function, 2 threads, alternating in
+    one process with the old kernel: LN 4096x1024 backward 1.11-1.17 against
+    1.05-1.10 ms, 16384x512 2.30 against 2.13 ms), the same bits.
     """
     rows, n = x.shape
-    nblocks = (rows + rows_per_block - 1) // rows_per_block
-    fused = param_grads and n >= FUSED_ROW_MIN
-    for k in prange(nblocks):
-        width = n if param_grads else 0
-        dw = np.zeros(width)
-        db = np.zeros(width)
-        # the last few rows' hi, lo, rstd and the two dx coefficients
-        his = np.empty(PARAM_ROWS, x.dtype)
-        los = np.empty(PARAM_ROWS, x.dtype)
-        rss = np.empty(PARAM_ROWS, x.dtype)
-        cgs = np.empty(PARAM_ROWS, x.dtype)
-        cgxs = np.empty(PARAM_ROWS, x.dtype)
+    for k in prange((rows + rows_per_block - 1) // rows_per_block):
+        dw, db, his, los, rss, _, _ = _block_work(x, param_grads)
         stop = min(rows, (k + 1) * rows_per_block)
         for r0 in range(k * rows_per_block, stop, PARAM_ROWS):
             r1 = min(stop, r0 + PARAM_ROWS)
-            four = fused and r1 - r0 == PARAM_ROWS  # dx in the fused loop below
             for r in range(r0, r1):
-                mu = mean[r]
-                rs = rstd[r]
-                hi, lo = split_like(x, mu)
-                rs_x = cast_like(x, rs)
-                sg = 0.0
-                sgx = 0.0
-                for j in range(n):
-                    g = np.float64(dy[r, j]) * np.float64(weight[j])
-                    xh = np.float64((x[r, j] - hi) - lo) * rs
-                    sg += g
-                    sgx += g * xh
-                cg = cast_like(x, sg / n if center else 0.0)
-                cgx = cast_like(x, sgx / n)
+                hi, lo, rs_x, cg, cgx = _row_dx_coefficients(
+                    dy, x, weight, r, mean[r], rstd[r], center
+                )
                 his[r - r0], los[r - r0], rss[r - r0] = hi, lo, rs_x
-                cgs[r - r0], cgxs[r - r0] = cg, cgx
-                if four:
-                    continue
-                for j in range(n):
-                    xh = ((x[r, j] - hi) - lo) * rs_x
-                    dx[r, j] = rs_x * (dy[r, j] * weight[j] - cg - xh * cgx)
+                _row_dx(dy, x, weight, r, hi, lo, rs_x, cg, cgx, dx)
             if not param_grads:
                 continue
-            if r1 - r0 == PARAM_ROWS:
-                h0, h1, h2, h3 = his[0], his[1], his[2], his[3]
-                l0, l1, l2, l3 = los[0], los[1], los[2], los[3]
-                s0, s1, s2, s3 = rss[0], rss[1], rss[2], rss[3]
-                g4 = dy[r0:r1]  # one array each: the loop needs few overlap checks
-                x4 = x[r0:r1]
-                if four:
-                    c0, c1, c2, c3 = cgs[0], cgs[1], cgs[2], cgs[3]
-                    e0, e1, e2, e3 = cgxs[0], cgxs[1], cgxs[2], cgxs[3]
-                    d4 = dx[r0:r1]
-                    for j in range(n):
-                        wj = weight[j]
-                        g0, g1, g2, g3 = g4[0, j], g4[1, j], g4[2, j], g4[3, j]
-                        xh0 = ((x4[0, j] - h0) - l0) * s0
-                        xh1 = ((x4[1, j] - h1) - l1) * s1
-                        xh2 = ((x4[2, j] - h2) - l2) * s2
-                        xh3 = ((x4[3, j] - h3) - l3) * s3
-                        d4[0, j] = s0 * (g0 * wj - c0 - xh0 * e0)
-                        d4[1, j] = s1 * (g1 * wj - c1 - xh1 * e1)
-                        d4[2, j] = s2 * (g2 * wj - c2 - xh2 * e2)
-                        d4[3, j] = s3 * (g3 * wj - c3 - xh3 * e3)
-                        dw[j] += np.float64((g0 * xh0 + g1 * xh1) + (g2 * xh2 + g3 * xh3))
-                        db[j] += np.float64((g0 + g1) + (g2 + g3))
-                    continue
-                for j in range(n):
-                    g0, g1, g2, g3 = g4[0, j], g4[1, j], g4[2, j], g4[3, j]
-                    t0 = g0 * (((x4[0, j] - h0) - l0) * s0)
-                    t1 = g1 * (((x4[1, j] - h1) - l1) * s1)
-                    t2 = g2 * (((x4[2, j] - h2) - l2) * s2)
-                    t3 = g3 * (((x4[3, j] - h3) - l3) * s3)
-                    dw[j] += np.float64((t0 + t1) + (t2 + t3))
-                    db[j] += np.float64((g0 + g1) + (g2 + g3))
+            if r1 - r0 < PARAM_ROWS:
+                _add_rows_param_terms(dy, x, r0, r1, his, los, rss, dw, db)
                 continue
+            h0, h1, h2, h3 = his[0], his[1], his[2], his[3]
+            l0, l1, l2, l3 = los[0], los[1], los[2], los[3]
+            s0, s1, s2, s3 = rss[0], rss[1], rss[2], rss[3]
+            g4 = dy[r0:r1]  # one array each: the loop needs few overlap checks
+            x4 = x[r0:r1]
+            for j in range(n):
+                g0, g1, g2, g3 = g4[0, j], g4[1, j], g4[2, j], g4[3, j]
+                t0 = g0 * (((x4[0, j] - h0) - l0) * s0)
+                t1 = g1 * (((x4[1, j] - h1) - l1) * s1)
+                t2 = g2 * (((x4[2, j] - h2) - l2) * s2)
+                t3 = g3 * (((x4[3, j] - h3) - l3) * s3)
+                dw[j] += np.float64((t0 + t1) + (t2 + t3))
+                db[j] += np.float64((g0 + g1) + (g2 + g3))
+        if param_grads:
+            dweight_part[k, :] = dw
+            dbias_part[k, :] = db
+
+
+@kernel
+def long_row_backward(
+    dy, x, mean, rstd, weight, center, param_grads, rows_per_block, dx, dweight_part, dbias_part
+):
+    """:func:`row_backward` for rows of at least ``FUSED_ROW_MIN`` values
+    (too long for four of them to stay in L1): with parameter gradients, each
+    of four rows gets its sums first, then one loop over the four rows takes
+    their ``dx`` and their parameter terms, which reads them once instead of
+    twice (LN 8192x4096, one thread: 21.0 ms against 18.2 ms). Both orders
+    give the same bits.
+    """
+    rows, n = x.shape
+    for k in prange((rows + rows_per_block - 1) // rows_per_block):
+        dw, db, his, los, rss, cgs, cgxs = _block_work(x, param_grads)
+        stop = min(rows, (k + 1) * rows_per_block)
+        for r0 in range(k * rows_per_block, stop, PARAM_ROWS):
+            r1 = min(stop, r0 + PARAM_ROWS)
+            four = param_grads and r1 - r0 == PARAM_ROWS  # dx in the loop below
             for r in range(r0, r1):
-                hi, lo, rs_x = his[r - r0], los[r - r0], rss[r - r0]
-                for j in range(n):
-                    g = dy[r, j]
-                    dw[j] += np.float64(g * (((x[r, j] - hi) - lo) * rs_x))
-                    db[j] += np.float64(g)
+                hi, lo, rs_x, cg, cgx = _row_dx_coefficients(
+                    dy, x, weight, r, mean[r], rstd[r], center
+                )
+                his[r - r0], los[r - r0], rss[r - r0] = hi, lo, rs_x
+                cgs[r - r0], cgxs[r - r0] = cg, cgx
+                if not four:
+                    _row_dx(dy, x, weight, r, hi, lo, rs_x, cg, cgx, dx)
+            if not param_grads:
+                continue
+            if not four:
+                _add_rows_param_terms(dy, x, r0, r1, his, los, rss, dw, db)
+                continue
+            h0, h1, h2, h3 = his[0], his[1], his[2], his[3]
+            l0, l1, l2, l3 = los[0], los[1], los[2], los[3]
+            s0, s1, s2, s3 = rss[0], rss[1], rss[2], rss[3]
+            c0, c1, c2, c3 = cgs[0], cgs[1], cgs[2], cgs[3]
+            e0, e1, e2, e3 = cgxs[0], cgxs[1], cgxs[2], cgxs[3]
+            g4 = dy[r0:r1]
+            x4 = x[r0:r1]
+            d4 = dx[r0:r1]
+            for j in range(n):
+                wj = weight[j]
+                g0, g1, g2, g3 = g4[0, j], g4[1, j], g4[2, j], g4[3, j]
+                xh0 = ((x4[0, j] - h0) - l0) * s0
+                xh1 = ((x4[1, j] - h1) - l1) * s1
+                xh2 = ((x4[2, j] - h2) - l2) * s2
+                xh3 = ((x4[3, j] - h3) - l3) * s3
+                d4[0, j] = s0 * (g0 * wj - c0 - xh0 * e0)
+                d4[1, j] = s1 * (g1 * wj - c1 - xh1 * e1)
+                d4[2, j] = s2 * (g2 * wj - c2 - xh2 * e2)
+                d4[3, j] = s3 * (g3 * wj - c3 - xh3 * e3)
+                dw[j] += np.float64((g0 * xh0 + g1 * xh1) + (g2 * xh2 + g3 * xh3))
+                db[j] += np.float64((g0 + g1) + (g2 + g3))
         if param_grads:
             dweight_part[k, :] = dw
             dbias_part[k, :] = db
