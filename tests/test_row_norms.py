@@ -82,6 +82,18 @@ def test_long_rows_backward_matches_reference(dtype, center, rng):
     assert_close(dw, rdw, RTOL[dtype] * 10, "dweight")
 
 
+@pytest.mark.parametrize("length", [64, 2048 + 16])
+def test_backward_without_affine_matches_reference(length, rng):
+    # Without weight or bias there are no parameter sums: both row kernels
+    # (short rows and rows of FUSED_ROW_MIN values and more) take dx alone.
+    x = normal(rng, (7, length), np.float64, loc=3.0)
+    dy = normal(rng, x.shape)
+    y, saved = nn.layer_norm(x)
+    dx, dw, db = nn.layer_norm_backward(dy, x, saved)
+    assert dw is None and db is None
+    assert_close(dx, ref.layer_norm_backward(dy, x, None)[0], RTOL[np.float64] * 10, "dx")
+
+
 @given(shape_and_axes(max_dims=3, max_side=4), seeds)
 def test_layer_norm_gradients_equal_finite_differences(sa, seed):
     shape, axis = sa
