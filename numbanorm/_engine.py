@@ -112,6 +112,14 @@ def rstd_of(var, eps):
     return rstd
 
 
+def _blocks(count, max_blocks, min_per_block=1):
+    """``count`` items (rows, samples) split into at most ``max_blocks`` blocks
+    of consecutive items, at least ``min_per_block`` each (the last may be
+    shorter): ``(per_block, blocks)``, from the shape alone."""
+    per_block = max(min_per_block, -(-count // max_blocks))
+    return per_block, -(-count // per_block)
+
+
 def _flat(a):
     """``a`` as a 1-D array (itself when it is one)."""
     return a if a.ndim == 1 else a.reshape(-1)
@@ -151,8 +159,7 @@ def row_backward(dyk, xk, mean, rstd, weight, center, param_grads, dxk):
     """dx into ``dxk``; returns float64 ``(dweight, dbias)`` sums (or Nones)."""
     rows, length = xk.shape
     w = _flat(weight) if weight is not None else np.ones(length)
-    rows_per_block = max(MIN_ROWS_PER_BLOCK, -(-rows // ROW_BLOCKS))
-    nblocks = -(-rows // rows_per_block)
+    rows_per_block, nblocks = _blocks(rows, ROW_BLOCKS, MIN_ROWS_PER_BLOCK)
     part_shape = (nblocks, length if param_grads else 0)
     dw_part = _buffers.scratch("dw_part", part_shape)
     db_part = _buffers.scratch("db_part", part_shape)
@@ -301,8 +308,8 @@ def sample_backward(dyk, xk, mean, rstd, weight, param_grads, dxk):
     if n < SAMPLE_KERNEL_MIN_N:
         return group_backward(dyk, xk, mean, rstd, weight, True, param_grads, dxk)
     mean, rstd = coefficients(mean), coefficients(rstd)
-    samples_per_block = -(-n // SAMPLE_BLOCKS)
-    part_shape = (-(-n // samples_per_block), c)
+    samples_per_block, nblocks = _blocks(n, SAMPLE_BLOCKS)
+    part_shape = (nblocks, c)
     sum_dy = _buffers.scratch("sum_dy", part_shape)
     sum_dy_xhat = _buffers.scratch("sum_dy_xhat", part_shape)
     if p == 1 and q <= backend.SHORT_RUN and mean.shape[1] == c:

@@ -28,6 +28,8 @@ from .rows import (
 )
 
 __all__ = [
+    "FUSED_ROW_MIN",
+    "SHORT_RUN",
     "channel_affine",
     "channel_backward_apply",
     "channel_backward_coefficients",
@@ -37,13 +39,11 @@ __all__ = [
     "instance_runs_backward",
     "long_row_backward",
     "row_backward",
-    "sample_norm_backward",
-    "sample_norm_forward",
     "row_forward",
     "row_scale_backward",
     "row_scale_forward",
     "rstd_of",
     "running_update",
-    "SHORT_RUN",
-    "FUSED_ROW_MIN",
+    "sample_norm_backward",
+    "sample_norm_forward",
 ]

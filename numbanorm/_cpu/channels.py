@@ -810,9 +810,9 @@ def instance_runs_backward(
     channels per loop, for the sums and for ``dx``.
 
     A kernel of its own: the same loops inside :func:`sample_norm_backward`,
-    among its other layouts, ran 8-10% slower (instance norm 256x512x7x7
-    backward kernel, 2 threads, alternating in one process: 1.14-1.19 ms
-    there, 1.03-1.08 ms here).
+    among its other layouts, ran 9-16% slower (instance norm 256x512x7x7
+    backward kernel, 2 threads, alternating in one process: 1.14-1.21 ms
+    there, 1.02-1.08 ms here).
     """
     N, P, C, Q = x.shape
     inv_count = 1.0 / Q
