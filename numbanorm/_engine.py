@@ -44,6 +44,13 @@ SAMPLE_KERNEL_MIN_N = 4
 SAMPLE_BLOCKS = 64
 
 
+#: Batch norm backward on long channels-first runs takes one task per channel
+#: (:func:`numbanorm._cpu.channels.channel_runs_backward`) from this many
+#: channels on; fewer channels (an RGB input's 3) would leave threads idle,
+#: so they stay chunked by samples.
+CHANNEL_TASKS_MIN = 16
+
+
 #: Element types the CPU kernels take.
 _KERNEL_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -264,6 +271,12 @@ def group_backward(dyk, xk, mean, rstd, weight, batch_stats, param_grads, dxk):
     gamma = np.zeros((n, groups))
     dweight = np.empty(c if param_grads else 0)
     dbias = np.empty(c if param_grads else 0)
+    if n == 1 and groups == c and q > backend.SHORT_RUN and c >= CHANNEL_TASKS_MIN and batch_stats:
+        # Batch norm on long channels-first runs: one fused task per channel.
+        dweight = np.empty(c)
+        dbias = np.empty(c)
+        backend.channel_runs_backward.for_size(xk.size)(dyk, xk, mean, rstd, w, dxk, dweight, dbias)
+        return (dweight, dbias) if param_grads else (None, None)
     if batch_stats or param_grads:
         a_part = _buffers.scratch("a_part", (n, nchunks, c))
         b_part = _buffers.scratch("b_part", (n, nchunks, c))

@@ -1,11 +1,13 @@
 """Batch norm: training and eval mode, running statistics, gradients."""
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 import numbanorm as nn
 import reference as ref
+from numbanorm import _engine
 from helpers import RTOL, assert_close, finite_difference, normal, seeds, shapes
 
 
@@ -119,3 +121,44 @@ def test_running_stats_keep_their_dtype(rng):
     assert rm.dtype == rv.dtype == np.float32
     np.testing.assert_allclose(rm, x.astype(np.float64).mean(0), rtol=1e-6)
     np.testing.assert_allclose(rv, x.astype(np.float64).var(0, ddof=1), rtol=1e-6)
+
+
+# Each of the channels-first backward paths: one task per channel (long runs,
+# 16 channels or more), chunks of samples (fewer channels; short runs).
+BACKWARD_PATHS = [((3, 16, 20, 20), "channel tasks"), ((3, 8, 20, 20), "few channels"),
+                  ((3, 16, 7, 7), "short runs")]
+
+
+@pytest.mark.parametrize("shape,path", BACKWARD_PATHS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("affine", [True, False])
+def test_channels_first_backward_paths_match_reference(shape, path, dtype, affine, rng):
+    c = shape[1]
+    x = normal(rng, shape, dtype, loc=3.0, scale=2.0)
+    dy = normal(rng, shape, dtype)
+    w = normal(rng, (c,)) if affine else None
+    _, saved = nn.batch_norm(x, w, w, axis=1)
+    dx, dw, db = nn.batch_norm_backward(dy, x, saved, w, axis=1)
+    rdx, rdw, rdb = ref.batch_norm_backward(dy, x, w, 1)
+    assert_close(dx, rdx, RTOL[dtype] * 10, "dx")
+    if affine:
+        assert_close(dw, rdw, RTOL[dtype] * 10, "dweight")
+        assert_close(db, rdb, RTOL[dtype] * 10, "dbias")
+    else:
+        assert dw is None and db is None
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_channel_tasks_give_the_chunked_kernels_bits(dtype, rng, monkeypatch):
+    # With one sample per chunk the chunked kernels add each channel's run sums
+    # in sample order, as the per-channel tasks do: the same bits.
+    shape = (3, 16, 20, 20)
+    x = normal(rng, shape, dtype, loc=3.0)
+    dy = normal(rng, shape, dtype)
+    w = normal(rng, (16,))
+    _, saved = nn.batch_norm(x, w, w, axis=1)
+    tasks = nn.batch_norm_backward(dy, x, saved, w, axis=1)
+    monkeypatch.setattr(_engine, "CHANNEL_TASKS_MIN", 1 << 30)
+    chunked = nn.batch_norm_backward(dy, x, saved, w, axis=1)
+    for a, b in zip(tasks, chunked):
+        np.testing.assert_array_equal(a, b)
