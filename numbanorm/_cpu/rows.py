@@ -113,9 +113,34 @@ def _block_work(x, param_grads):
     return np.zeros(width), np.zeros(width), last[0], last[1], last[2], last[3], last[4]
 
 
+#: Columns of the parameter gradients per task of :func:`_block_totals`.
+TOTAL_COLUMNS = 1024
+
+
+@helper(inline=True)
+def _block_totals(dweight_part, dbias_part, dweight, dbias):
+    """``dweight = dweight_part.sum(axis=0)`` and ``dbias`` likewise: the row
+    blocks' sums added in block order (NumPy's order, the same bits), one
+    task per ``TOTAL_COLUMNS`` columns. Inside the kernel rather than in NumPy
+    after it: layer norm 8x64 backward 11.5 -> 9.5 us, 64x4096 125 -> 121 us
+    (public function, alternating in one process)."""
+    blocks, n = dweight_part.shape
+    for t in prange((n + TOTAL_COLUMNS - 1) // TOTAL_COLUMNS):
+        j0 = t * TOTAL_COLUMNS
+        j1 = min(n, j0 + TOTAL_COLUMNS)
+        for j in range(j0, j1):
+            dweight[j] = dweight_part[0, j]
+            dbias[j] = dbias_part[0, j]
+        for k in range(1, blocks):
+            for j in range(j0, j1):
+                dweight[j] += dweight_part[k, j]
+                dbias[j] += dbias_part[k, j]
+
+
 @kernel
 def row_backward(
-    dy, x, mean, rstd, weight, center, param_grads, rows_per_block, dx, dweight_part, dbias_part
+    dy, x, mean, rstd, weight, center, param_grads, rows_per_block, dx, dweight_part, dbias_part,
+    dweight, dbias,
 ):
     """Gradient of :func:`row_forward` with respect to ``x`` (and the affine),
     for rows shorter than ``FUSED_ROW_MIN`` (see :func:`long_row_backward`).
@@ -124,8 +149,9 @@ def row_backward(
     ``dx = rstd * (g - mean(g) - xhat * mean(g * xhat))`` (``mean(g)`` is
     dropped when ``center=False``). When ``param_grads``, block ``k`` of
     ``rows_per_block`` rows writes its float64 sums of ``dy * xhat`` and ``dy``
-    to ``dweight_part[k]`` and ``dbias_part[k]``; the caller adds the blocks in
-    order, so the result does not depend on the thread count.
+    to ``dweight_part[k]`` and ``dbias_part[k]``, and :func:`_block_totals`
+    adds the blocks in order into ``dweight`` and ``dbias``, so the result
+    does not depend on the thread count.
 
     The parameter sums take ``PARAM_ROWS`` rows at a time, their terms added
     in ``x``'s dtype and then to the float64 sums: those sums are twice a
@@ -173,11 +199,14 @@ def row_backward(
         if param_grads:
             dweight_part[k, :] = dw
             dbias_part[k, :] = db
+    if param_grads:
+        _block_totals(dweight_part, dbias_part, dweight, dbias)
 
 
 @kernel
 def long_row_backward(
-    dy, x, mean, rstd, weight, center, param_grads, rows_per_block, dx, dweight_part, dbias_part
+    dy, x, mean, rstd, weight, center, param_grads, rows_per_block, dx, dweight_part, dbias_part,
+    dweight, dbias,
 ):
     """:func:`row_backward` for rows of at least ``FUSED_ROW_MIN`` values
     (too long for four of them to stay in L1): with parameter gradients, each
@@ -230,6 +259,8 @@ def long_row_backward(
         if param_grads:
             dweight_part[k, :] = dw
             dbias_part[k, :] = db
+    if param_grads:
+        _block_totals(dweight_part, dbias_part, dweight, dbias)
 
 
 @kernel
