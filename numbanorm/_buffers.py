@@ -34,21 +34,9 @@ import threading
 
 import numpy as np
 
-from ._jit import ALIGN_BYTES, bytes_to_boundary
-
 #: Outputs from this size on come from reusable blocks; smaller ones are plain
 #: ``np.empty`` (glibc's heap already recycles them).
 REUSE_MIN_BYTES = 16 << 20
-
-#: Outputs from this size up to :data:`REUSE_MIN_BYTES` start on a cache line
-#: (:data:`numbanorm._jit.ALIGN_BYTES`); smaller ones are plain ``np.empty``.
-#: glibc starts a block 16 bytes past a 32-byte boundary as often as on one,
-#: and a kernel's 32-byte vector stores into such an output split cache
-#: lines: weight norm 256x128x3x3 forward kernel, whose data stays in L2,
-#: 18.9 us into an output on a cache line, 22.8 us 16 bytes past one
-#: (layer norm 64x4096 forward, 28.9 against 32.1 us 48 bytes past one;
-#: kernels that stream from L3 do not notice). Aligning costs 0.4 us a call.
-ALIGN_MIN_BYTES = 64 << 10
 
 #: Large outputs start on a boundary of this many bytes, a page. Where an
 #: output starts within a page, next to where the inputs do, matters: a
@@ -121,15 +109,10 @@ def _take(nbytes):
 def empty(shape, dtype, min_bytes=None):
     """``np.empty(shape, dtype)`` (``dtype`` a ``np.dtype``); when it has at
     least ``min_bytes`` (default :data:`REUSE_MIN_BYTES`), a view of a reused
-    block, starting on a page; from :data:`ALIGN_MIN_BYTES` up to that, a view
-    of a new array, starting on a cache line."""
+    block, starting on a page."""
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes < (REUSE_MIN_BYTES if min_bytes is None else min_bytes):
-        if nbytes < ALIGN_MIN_BYTES:
-            return np.empty(shape, dtype)
-        buf = np.empty(nbytes + ALIGN_BYTES, np.uint8)
-        start = bytes_to_boundary(buf)
-        return buf[start:start + nbytes].view(dtype).reshape(shape)
+        return np.empty(shape, dtype)
     take = _take if REUSE_MAX_BYTES > 0 else _new_block
     block, start = take(nbytes + START_BYTES)
     return block[start:start + nbytes].view(dtype).reshape(shape)
