@@ -183,6 +183,15 @@ def helper(func=None, *, inline=False):
 ALIGN_BYTES = 64
 
 
+@njit(cache=True, nogil=True)
+def bytes_to_boundary(buf):
+    """How far past the start of ``buf`` (a uint8 array) the first
+    ``ALIGN_BYTES`` boundary is. A compiled function: reading an array's
+    address from Python (``ctypes.data``, ``__array_interface__``) costs
+    0.8-0.9 us, this call 0.2 us."""
+    return (-buf.ctypes.data) % ALIGN_BYTES
+
+
 @helper(inline=True)
 def aligned_empty(n, like):
     """``np.empty(n, like.dtype)`` whose first element starts on an

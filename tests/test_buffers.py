@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import numbanorm as nn
-from numbanorm import _buffers
+from numbanorm import _buffers, _jit
 
 import reference
 
@@ -51,6 +51,19 @@ def test_memory_still_in_use_is_never_handed_out(x):
 def test_small_outputs_are_plain_numpy_arrays(rng):
     y, _ = nn.layer_norm(rng.standard_normal((64, 64)).astype(np.float32))
     assert y.base is None or type(y.base) is np.ndarray
+
+
+def test_outputs_that_fit_in_l2_start_on_a_cache_line(rng):
+    # Sizes from ALIGN_MIN_BYTES to ALIGN_MAX_BYTES, several times over:
+    # glibc's 16-byte alignment would put about half of them off a line.
+    for shape in [(64, 256), (64, 4096), (256, 1152), (511, 1023)]:
+        x = rng.standard_normal(shape).astype(np.float32)
+        assert _buffers.ALIGN_MIN_BYTES <= x.nbytes <= _buffers.ALIGN_MAX_BYTES
+        for _ in range(4):
+            y, _ = nn.layer_norm(x)
+            assert _address(y) % _jit.ALIGN_BYTES == 0
+            assert y.shape == shape and y.dtype == np.float32 and y.flags.c_contiguous
+            np.testing.assert_allclose(y, reference.layer_norm(x.astype(np.float64)), atol=2e-6)
 
 
 def test_release_memory_gives_back_what_is_kept(x):
