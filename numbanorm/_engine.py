@@ -163,7 +163,8 @@ def row_forward(xk, weight, bias, eps, center, yk):
 
 
 def row_backward(dyk, xk, mean, rstd, weight, center, param_grads, dxk):
-    """dx into ``dxk``; returns float64 ``(dweight, dbias)`` sums (or Nones)."""
+    """dx into ``dxk``; returns ``(dweight, dbias)`` (or Nones): float64 sums,
+    rounded to the weight's dtype when that is float32."""
     rows, length = xk.shape
     w = _flat(weight) if weight is not None else np.ones(length)
     rows_per_block, nblocks = _blocks(rows, ROW_BLOCKS, MIN_ROWS_PER_BLOCK)
@@ -171,8 +172,12 @@ def row_backward(dyk, xk, mean, rstd, weight, center, param_grads, dxk):
     dw_part = _buffers.scratch("dw_part", part_shape)
     db_part = _buffers.scratch("db_part", part_shape)
     kernel = backend.long_row_backward if length >= backend.FUSED_ROW_MIN else backend.row_backward
-    dweight = np.empty(part_shape[1])
-    dbias = np.empty(part_shape[1])
+    # The kernel stores the gradients in the weight's dtype (float64 without a
+    # weight, or for other dtypes): no cast left for the caller (10 us a call
+    # with the caches cold after the pass, layer norm 64x4096).
+    grad_dtype = weight.dtype if weight is not None and weight.dtype in _KERNEL_FLOATS else np.float64
+    dweight = np.empty(part_shape[1], grad_dtype)
+    dbias = np.empty(part_shape[1], grad_dtype)
     kernel.for_size(xk.size)(
         dyk, xk, coefficients(mean), coefficients(rstd), coefficients(w, xk.dtype), center, param_grads,
         rows_per_block, dxk, dw_part, db_part, dweight, dbias,

@@ -205,9 +205,17 @@ def param_grads(engine, dweight, dbias, weight, has_bias, result, shape):
     for a parameter the forward pass did not have."""
     dtype = param_grad_dtype(weight) if weight is not None else result
     return (
-        engine.cast(dweight.reshape(shape), dtype) if weight is not None else None,
-        engine.cast(dbias.reshape(shape), dtype) if has_bias else None,
+        _param_grad(engine, dweight, dtype, shape) if weight is not None else None,
+        _param_grad(engine, dbias, dtype, shape) if has_bias else None,
     )
+
+
+def _param_grad(engine, grad, dtype, shape):
+    """``grad`` (new, the engine's) as ``dtype`` and ``shape``: itself when it
+    already is (no copy), else a new array."""
+    if grad.dtype == dtype and tuple(grad.shape) == shape:
+        return grad
+    return engine.cast(grad.reshape(shape), dtype)
 
 
 def check_like(a, shape, dtype, name, like="x", device=False):
