@@ -22,7 +22,8 @@ libraries run on its spinning threads. In a process without PyTorch,
 numbanorm's threads sleep when idle (``OMP_WAIT_POLICY=PASSIVE``), a parallel
 call pays about 45 us to wake them, and inputs under 2**19 elements run
 serially instead (see :mod:`numbanorm._jit`): mid-size rows such as layer
-norm 64x4096 are then slower than in this table (42 us instead of 25 us).
+norm 64x4096 are then slower than in this table (89 us instead of 37 us on
+the Intel CI machine).
 
 ``--device cuda`` benchmarks the GPU back end against ``torch.cuda`` on
 PyTorch CUDA tensors (numbanorm reads them in place through

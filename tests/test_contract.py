@@ -47,6 +47,22 @@ def build(monkeypatch):
     return force
 
 
+@pytest.mark.parametrize("shape", [(300, 7, 9), (37, 4099)])  # one row per task; several
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_weight_norm_serial_and_parallel_builds_give_bitwise_identical_results(
+    shape, dtype, rng, build
+):
+    v, dw = normal(rng, shape, dtype, loc=0.3), normal(rng, shape, dtype)
+    g = normal(rng, shape[:1], dtype)
+    results = []
+    for which in ("serial", "parallel"):
+        build(which)
+        w, s = nn.weight_norm(v, g)
+        results.append((w, s.rstd, *nn.weight_norm_backward(dw, v, g, s)))
+    for a, b in zip(*results):
+        assert a.tobytes() == b.tobytes()
+
+
 @pytest.mark.parametrize("name", CASES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_serial_and_parallel_builds_give_bitwise_identical_results(name, dtype, rng, build):

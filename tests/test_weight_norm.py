@@ -1,11 +1,14 @@
 """Weight norm against the reference and finite differences."""
 
+import numba
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 import numbanorm as nn
 import reference as ref
+from numbanorm import _engine
 from helpers import RTOL, assert_close, finite_difference, normal, seeds, shapes
 
 
@@ -65,3 +68,22 @@ def test_each_slice_has_norm_abs_g(case, seed):
         other = tuple(i for i in range(len(shape)) if i != axis % len(shape))
         norms = np.sqrt((w * w).sum(axis=other))
     np.testing.assert_allclose(norms, np.abs(g).ravel().reshape(np.shape(norms)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_long_rows_several_per_task_match_reference_for_any_thread_count(dtype, rng):
+    # 37 rows of 4099 values: tasks of SCALE_ROWS_PER_TASK rows (the last one
+    # shorter), rows whose length is not a multiple of 4.
+    v = normal(rng, (37, 4099), dtype, loc=0.3)
+    g = normal(rng, (37,), dtype)
+    assert v.shape[1] >= _engine.SCALE_PIPELINE_MIN_LENGTH
+    w, saved = nn.weight_norm(v, g)
+    assert_close(w, ref.weight_norm(v, g, 0), RTOL[dtype], "w")
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        w1, saved1 = nn.weight_norm(v, g)
+    finally:
+        numba.set_num_threads(threads)
+    np.testing.assert_array_equal(w, w1)
+    np.testing.assert_array_equal(saved.rstd, saved1.rstd)
