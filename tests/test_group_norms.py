@@ -108,6 +108,7 @@ def test_instance_norm_gradients_equal_finite_differences(case, seed):
         ((5, 32, 7, 7), 1, 32),  # instance norm: one channel per group
         ((5, 3, 8, 6), 2, 4),  # channel axis in the middle: P = 3 rows of runs
         ((5, 7, 7, 32), -1, 8),  # channels last
+        ((67, 3, 5, 16), -1, 4),  # channels last, tasks of 2 samples and a last one of 1
     ],
 )
 def test_per_sample_forward_matches_reference(shape, axis, groups, dtype, rng):
