@@ -268,19 +268,25 @@ def long_row_backward(
 
 
 @helper(inline=True)
+def _four_squares(vr, j, quarter):
+    """The squares of ``vr[j]`` and of the values 1, 2 and 3 quarters of the
+    row after it, added in ``vr``'s dtype, as float64."""
+    a0 = vr[j]
+    a1 = vr[j + quarter]
+    a2 = vr[j + 2 * quarter]
+    a3 = vr[j + 3 * quarter]
+    return np.float64((a0 * a0 + a1 * a1) + (a2 * a2 + a3 * a3))
+
+
+@helper(inline=True)
 def _sum_of_squares(vr):
-    """``sum(vr**2)`` over one row, float64, the squares of four values a
-    quarter of the row apart added in ``vr``'s dtype first (see
+    """``sum(vr**2)`` over one row, float64, four squares at a time (see
     :func:`row_scale_forward`)."""
     n = vr.shape[0]
     quarter = n // 4
     s = 0.0
     for j in range(quarter):
-        a0 = vr[j]
-        a1 = vr[j + quarter]
-        a2 = vr[j + 2 * quarter]
-        a3 = vr[j + 3 * quarter]
-        s += np.float64((a0 * a0 + a1 * a1) + (a2 * a2 + a3 * a3))
+        s += _four_squares(vr, j, quarter)
     for j in range(4 * quarter, n):
         d = np.float64(vr[j])
         s += d * d
@@ -295,11 +301,7 @@ def _scale_and_sum_next(vr, scale, wr, vn):
     quarter = n // 4
     s = 0.0
     for j in range(quarter):
-        a0 = vn[j]
-        a1 = vn[j + quarter]
-        a2 = vn[j + 2 * quarter]
-        a3 = vn[j + 3 * quarter]
-        s += np.float64((a0 * a0 + a1 * a1) + (a2 * a2 + a3 * a3))
+        s += _four_squares(vn, j, quarter)
         wr[j] = vr[j] * scale
         wr[j + quarter] = vr[j + quarter] * scale
         wr[j + 2 * quarter] = vr[j + 2 * quarter] * scale
