@@ -37,11 +37,11 @@ MIN_ROWS_PER_BLOCK = 16
 #: samples on (see :func:`sample_forward`).
 SAMPLE_KERNEL_MIN_N = 4
 #: Their backward adds the samples' parameter-gradient sums in at most this
-#: many blocks of consecutive samples, one task each (their channels-last
-#: forward splits the samples the same way) (instance norm
+#: many blocks of consecutive samples, one task each (instance norm
 #: 256x512x7x7 backward, same process, alternating: 1.49-1.71 ms with 16
 #: blocks, 1.51-1.73 ms with 64, 1.62-1.84 ms with a block per sample; 64
-#: leaves work for more threads).
+#: leaves work for more threads). Their channels-last forward splits the
+#: samples the same way.
 SAMPLE_BLOCKS = 64
 
 
@@ -174,7 +174,7 @@ def row_forward(xk, weight, bias, eps, center, yk):
 
 def row_backward(dyk, xk, mean, rstd, weight, center, param_grads, dxk):
     """dx into ``dxk``; returns ``(dweight, dbias)`` (or Nones): float64 sums,
-    rounded to the weight's dtype when that is float32."""
+    stored in the weight's dtype when that is float32 or float64."""
     rows, length = xk.shape
     w = _flat(weight) if weight is not None else np.ones(length)
     rows_per_block, nblocks = _blocks(rows, ROW_BLOCKS, MIN_ROWS_PER_BLOCK)
@@ -279,21 +279,21 @@ def group_backward(dyk, xk, mean, rstd, weight, batch_stats, param_grads, dxk):
     """
     n, p, c, q = xk.shape
     groups = mean.shape[1]
-    count = p * q * (c // groups)
-    chunk, nchunks = _p_chunk(xk.shape)
     mean = coefficients(mean)
     rstd = coefficients(rstd)
     w = _param(weight, c, 1.0)
-    beta = np.zeros((n, groups))
-    gamma = np.zeros((n, groups))
-    dweight = np.empty(c if param_grads else 0)
-    dbias = np.empty(c if param_grads else 0)
     if n == 1 and groups == c and q > backend.SHORT_RUN and c >= CHANNEL_TASKS_MIN and batch_stats:
         # Batch norm on long channels-first runs: one fused task per channel.
         dweight = np.empty(c)
         dbias = np.empty(c)
         backend.channel_runs_backward.for_size(xk.size)(dyk, xk, mean, rstd, w, dxk, dweight, dbias)
         return (dweight, dbias) if param_grads else (None, None)
+    count = p * q * (c // groups)
+    chunk, nchunks = _p_chunk(xk.shape)
+    beta = np.zeros((n, groups))
+    gamma = np.zeros((n, groups))
+    dweight = np.empty(c if param_grads else 0)
+    dbias = np.empty(c if param_grads else 0)
     if batch_stats or param_grads:
         a_part = _buffers.scratch("a_part", (n, nchunks, c))
         b_part = _buffers.scratch("b_part", (n, nchunks, c))
