@@ -92,7 +92,7 @@ def _new_block(nbytes):
     """A new block of ``nbytes`` as ``[block, start]``, ``start`` the offset of
     its first page boundary."""
     block = np.empty(nbytes, np.uint8)
-    return [block, -block.__array_interface__["data"][0] % START_BYTES]
+    return [block, bytes_to_boundary(block, START_BYTES)]
 
 
 def _take(nbytes):
@@ -130,14 +130,14 @@ def empty(shape, dtype, min_bytes=None):
     block, starting on a page; from :data:`ALIGN_MIN_BYTES` to
     :data:`ALIGN_MAX_BYTES`, a view of a new array, starting on a cache line."""
     nbytes = math.prod(shape) * dtype.itemsize
-    if nbytes < (REUSE_MIN_BYTES if min_bytes is None else min_bytes):
-        if not ALIGN_MIN_BYTES <= nbytes <= ALIGN_MAX_BYTES:
-            return np.empty(shape, dtype)
-        buf = np.empty(nbytes + ALIGN_BYTES, np.uint8)
-        start = bytes_to_boundary(buf)
-        return buf[start:start + nbytes].view(dtype).reshape(shape)
-    take = _take if REUSE_MAX_BYTES > 0 else _new_block
-    block, start = take(nbytes + START_BYTES)
+    if nbytes >= (REUSE_MIN_BYTES if min_bytes is None else min_bytes):
+        take = _take if REUSE_MAX_BYTES > 0 else _new_block
+        block, start = take(nbytes + START_BYTES)
+    elif ALIGN_MIN_BYTES <= nbytes <= ALIGN_MAX_BYTES:
+        block = np.empty(nbytes + ALIGN_BYTES, np.uint8)
+        start = bytes_to_boundary(block, ALIGN_BYTES)
+    else:
+        return np.empty(shape, dtype)
     return block[start:start + nbytes].view(dtype).reshape(shape)
 
 

@@ -185,7 +185,10 @@ def row_backward(dyk, xk, mean, rstd, weight, center, param_grads, dxk):
     # The kernel stores the gradients in the weight's dtype (float64 without a
     # weight, or for other dtypes): no cast left for the caller (10 us a call
     # with the caches cold after the pass, layer norm 64x4096).
-    grad_dtype = weight.dtype if weight is not None and weight.dtype in _KERNEL_FLOATS else np.float64
+    if weight is not None and weight.dtype in _KERNEL_FLOATS:
+        grad_dtype = weight.dtype
+    else:
+        grad_dtype = np.float64
     dweight = np.empty(part_shape[1], grad_dtype)
     dbias = np.empty(part_shape[1], grad_dtype)
     kernel.for_size(xk.size)(

@@ -185,12 +185,12 @@ ALIGN_BYTES = 64
 
 
 @njit(cache=True, nogil=True)
-def bytes_to_boundary(buf):
-    """How far past the start of ``buf`` (a uint8 array) the first
-    ``ALIGN_BYTES`` boundary is. A compiled function: reading an array's
-    address from Python (``ctypes.data``, ``__array_interface__``) costs
-    0.8-0.9 us, this call 0.2 us."""
-    return (-buf.ctypes.data) % ALIGN_BYTES
+def bytes_to_boundary(buf, boundary):
+    """How many bytes past the start of ``buf`` the first multiple of
+    ``boundary`` is (usable inside kernels and from Python: reading an
+    array's address from Python, ``ctypes.data`` or ``__array_interface__``,
+    costs 0.8-0.9 us, this call 0.2 us)."""
+    return (-buf.ctypes.data) % boundary
 
 
 @helper(inline=True)
@@ -198,7 +198,7 @@ def aligned_empty(n, like):
     """``np.empty(n, like.dtype)`` whose first element starts on an
     ``ALIGN_BYTES`` boundary (usable inside kernels)."""
     buf = np.empty(n + ALIGN_BYTES // like.itemsize, like.dtype)
-    skip = ((-buf.ctypes.data) % ALIGN_BYTES) // like.itemsize
+    skip = bytes_to_boundary(buf, ALIGN_BYTES) // like.itemsize
     return buf[skip:skip + n]
 
 

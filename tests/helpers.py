@@ -22,6 +22,18 @@ def assert_close(actual, expected, rtol, name="value"):
 RTOL = {np.float64: 1e-10, np.float32: 2e-5, np.float16: 4e-3}
 
 
+def assert_gradients_close(grads, reference_grads, rtol, affine):
+    """``(dx, dweight, dbias)`` against the reference's: all three when the
+    norm had affine parameters, else ``dx`` and two Nones."""
+    (dx, dw, db), (rdx, rdw, rdb) = grads, reference_grads
+    assert_close(dx, rdx, rtol, "dx")
+    if affine:
+        assert_close(dw, rdw, rtol, "dweight")
+        assert_close(db, rdb, rtol, "dbias")
+    else:
+        assert dw is None and db is None
+
+
 def finite_difference(f, a, dy, h=1e-6):
     """Central-difference gradient of ``sum(f(a) * dy)`` with respect to ``a``."""
     a = np.array(a, dtype=np.float64)

@@ -541,13 +541,20 @@ def channel_backward_apply(dy, x, mean, rstd, weight, beta, gamma, p_chunk, dx):
         )
 
 
+@helper(inline=True)
+def _beta_gamma(sg, sgx, rs, inv_count):
+    """``beta`` and ``gamma`` from a group's sums of ``g = weight[c] * dy``
+    (``sg``) and of ``g * (x - mean)`` (``sgx``)."""
+    return -rs * rs * rs * sgx * inv_count, -rs * sg * inv_count
+
+
 @kernel
 def channel_runs_backward(dy, x, mean, rstd, weight, dx, dweight, dbias):
     """Batch norm backward on long channels-first runs (``N == 1``, one group
     per channel, ``Q > SHORT_RUN``), one task per channel: the channel's
     float64 sums of ``dy`` and ``dy * (x - mean)`` over its ``P`` runs, its
     ``dweight[c]``/``dbias[c]``, then its ``dx`` while the runs are still in
-    cache (see :func:`channel_backward_coefficients` for the formulas).
+    cache (the formulas of :func:`channel_backward_coefficients`).
 
     The chunked kernels read ``x`` and ``dy`` twice from memory, once for
     the sums and once for ``dx``; a channel of 8x256x28x28 is 8 runs of
@@ -573,9 +580,10 @@ def channel_runs_backward(dy, x, mean, rstd, weight, dx, dweight, dbias):
         dweight[c] = sb * rs
         dbias[c] = sa
         w = weight[c]
+        beta, gamma = _beta_gamma(w * sa, w * sb, rs, inv_count)
         al = cast_like(x, rs * w)
-        be = cast_like(x, -rs * rs * rs * (w * sb) * inv_count)
-        ga = cast_like(x, -rs * (w * sa) * inv_count)
+        be = cast_like(x, beta)
+        ga = cast_like(x, gamma)
         for p in range(P):
             _run_dx(dy[0, p, c], x[0, p, c], dx[0, p, c], h, l, al, be, ga)
 
@@ -590,7 +598,7 @@ def _group_coefficients(sa, sb, weight, g, cg, rs, inv_count):
     for c in range(g * cg, (g + 1) * cg):
         sg += weight[c] * sa[c]
         sgx += weight[c] * sb[c]
-    return -rs * rs * rs * sgx * inv_count, -rs * sg * inv_count
+    return _beta_gamma(sg, sgx, rs, inv_count)
 
 
 @helper(inline=True)
