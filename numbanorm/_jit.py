@@ -16,10 +16,18 @@ once:
   machine; 131 and 89 us on the Intel one).
 * ``cache=True``: compiled code is stored beside the module, so a new process
   does not recompile.
-* ``fastmath={"reassoc", "contract"}``: lets LLVM vectorize the float64
-  accumulations inside one task (a fixed order for a given shape and build).
+* ``fastmath={"reassoc"}``: lets LLVM vectorize the float64 accumulations
+  inside one task (a fixed order for a given shape and build).
   ``nnan``/``ninf`` are deliberately absent: NaN and Inf must propagate to the
-  row, channel or group they belong to.
+  row, channel or group they belong to. So is ``contract``: it lets the code
+  generator fuse a multiply and an add into one instruction (one rounding
+  instead of two) where it finds it worthwhile, and it decided differently
+  for the code a process compiles and runs than for the object code Numba
+  writes to its cache, so a process that compiled a kernel and one that
+  loaded it got different bits (group norm 256x7x7x512 channels-last: 16 of
+  8192 ``rstd`` values one unit in the last place apart). Without it, every
+  kernel timed the same or faster (the benchmark's rows, alternating in one
+  process: within 1%, RMS norm 65536x128 backward 12% faster).
 * ``error_model="numpy"``: division by zero gives inf/nan as NumPy does,
   instead of raising inside a kernel.
 * idle kernel threads sleep instead of spinning: ``OMP_WAIT_POLICY=PASSIVE``
@@ -42,7 +50,7 @@ from numba.extending import overload
 USER_OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-FASTMATH = frozenset({"reassoc", "contract"})
+FASTMATH = frozenset({"reassoc"})
 
 #: Inputs with fewer elements than this run the serial build of a kernel.
 SERIAL_MAX_ELEMENTS = 1 << 15

@@ -295,3 +295,44 @@ def test_serial_and_parallel_builds_never_load_each_others_cached_code():
         [sys.executable, "-c", only_serial], check=True, capture_output=True, text=True
     ).stdout.strip()
     assert out == "serial only"
+
+
+_HASH_GROUP_NORM = """
+import hashlib, numpy as np, numbanorm as nn
+rng = np.random.default_rng(0)
+x = rng.standard_normal((256, 7, 7, 512)).astype(np.float32)
+dy = rng.standard_normal(x.shape).astype(np.float32)
+w = (1 + 0.1 * rng.standard_normal(512)).astype(np.float32)
+b = (0.1 * rng.standard_normal(512)).astype(np.float32)
+y, s = nn.group_norm(x, 32, w, b, axis=-1)
+dx, dw, db = nn.group_norm_backward(dy, x, s, w, axis=-1)
+h = hashlib.sha1()
+for a in (y, s.mean, s.rstd, dx, dw, db):
+    h.update(a.tobytes())
+print(h.hexdigest())
+"""
+
+
+def test_kernels_loaded_from_the_cache_give_the_bits_of_freshly_compiled_ones(tmp_path):
+    """Run to run means also: the process that compiled a kernel and every
+    later one that loads it from Numba's on-disk cache. With ``contract`` among
+    the fastmath flags they differed: whether a multiply and an add become one
+    fused multiply-add is the code generator's choice, and it chose
+    differently for the cached object code than for the code it ran (group
+    norm 256x7x7x512 channels-last: 16 of 8192 ``rstd`` values one unit in
+    the last place apart)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+
+    def run():
+        return subprocess.run(
+            [sys.executable, "-c", _HASH_GROUP_NORM], env=env, check=True,
+            capture_output=True, text=True,
+        ).stdout.strip()
+
+    compiled = run()
+    assert list(tmp_path.rglob("*.nbi")), "the first run should have filled the cache"
+    assert run() == compiled
