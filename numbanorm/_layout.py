@@ -81,14 +81,21 @@ def result_dtype(x, name="x"):
     """
     if x.dtype in _FLOATS:  # the common case, fast
         return x.dtype
-    kind = x.dtype.kind
+    return dtype_result(x.dtype, name)
+
+
+def dtype_result(dtype, name="x"):
+    """:func:`result_dtype` for an array of ``dtype``."""
+    if dtype in _FLOATS:
+        return dtype
+    kind = dtype.kind
     if kind in "biu":
         return _FLOAT64
-    if kind == "f" and x.dtype.itemsize <= 8:
-        return x.dtype
+    if kind == "f" and dtype.itemsize <= 8:
+        return dtype
     raise TypeError(
         f"{name} must be a real array (float16, float32, float64, integer or bool), "
-        f"got dtype {x.dtype}"
+        f"got dtype {dtype}"
     )
 
 

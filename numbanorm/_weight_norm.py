@@ -8,45 +8,50 @@ from ._layout import (
     check_like,
     check_stats,
     compute_dtype,
+    dtype_result,
     engine_for,
     normalize_axis,
     param_grad_dtype,
-    result_dtype,
     row_view,
 )
 from ._types import NormStats
 
 
 @functools.lru_cache(maxsize=256)
-def _layout(shape, axis):
-    """The row view of ``v`` (one row per slice), the shape of the per-slice
-    statistics and the two accepted shapes of ``g``, for ``axis`` a
-    non-negative int or None (cached: a small weight norm is a 20 us call)."""
+def _checks(shape, v_dtype, g_shape, g_dtype, axis, device):
+    """Everything about a call that depends on shapes, dtypes and the device
+    only, checked once per combination (cached: a small weight norm is a
+    20 us call, and these steps cost 2-3 us of it with the caches cold):
+    the engine, the result and kernel dtypes, the row view of ``v`` (one row
+    per slice) and the shape of the per-slice statistics. ``axis`` is an int
+    or None; an out-of-range ``axis``, a bad dtype or ``g`` shape raise here
+    (and are not cached)."""
+    result = dtype_result(v_dtype, "v")
+    dtype_result(g_dtype, "g")
     if axis is None:
         kept_axes, stat_shape = (), ()
         g_shapes = ((), (1,) * len(shape))
     else:
+        axis = normalize_axis(axis, len(shape))
         kept_axes, stat_shape = (axis,), (shape[axis],)
         keepdims = tuple(shape[axis] if i == axis else 1 for i in range(len(shape)))
         g_shapes = (stat_shape, keepdims)
+    if g_shape not in g_shapes:
+        raise ValueError(f"g must have shape {g_shapes[0]} or {g_shapes[1]}, got {g_shape}")
     reduced = tuple(i for i in range(len(shape)) if i not in kept_axes)
     view, _, _ = row_view(shape, reduced)
-    return view, stat_shape, g_shapes
+    return engine_for(device), result, compute_dtype(result), view, stat_shape
 
 
 def _prepare(v, g, axis):
     v, device = as_input(v, "v")
-    result = result_dtype(v, "v")
-    if axis is not None:
-        axis = normalize_axis(axis, v.ndim)
-    view, stat_shape, g_shapes = _layout(tuple(v.shape), axis)
     g = as_array(g, "g", device)
-    result_dtype(g, "g")
-    if tuple(g.shape) not in g_shapes:
-        raise ValueError(
-            f"g must have shape {g_shapes[0]} or {g_shapes[1]}, got {tuple(g.shape)}"
-        )
-    return v, engine_for(device), device, result, compute_dtype(result), g, view, stat_shape
+    if axis is not None and type(axis) is not int:  # numpy integers; bad types raise
+        axis = normalize_axis(axis, v.ndim)
+    engine, result, dtype, view, stat_shape = _checks(
+        tuple(v.shape), v.dtype, tuple(g.shape), g.dtype, axis, device
+    )
+    return v, engine, device, result, dtype, g, view, stat_shape
 
 
 def weight_norm(v, g, *, axis=0):
@@ -82,7 +87,9 @@ def weight_norm(v, g, *, axis=0):
     v, engine, _, result, dtype, g, view, stat_shape = _prepare(v, g, axis)
     wk, finish = engine.output(view, dtype, result, None)
     rstd = engine.weight_norm_forward(engine.to_kernel(view, v, dtype), g, wk)
-    return finish(), NormStats(None, rstd.reshape(stat_shape), True, False)
+    if rstd.shape != stat_shape:
+        rstd = rstd.reshape(stat_shape)
+    return finish(), NormStats(None, rstd, True, False)
 
 
 def weight_norm_backward(dw, v, g, saved, *, axis=0):
