@@ -15,7 +15,8 @@ once:
   (layer norm 64x4096: 79 us in parallel, 41 us serially on the AMD CI
   machine; 131 and 89 us on the Intel one).
 * ``cache=True``: compiled code is stored beside the module, so a new process
-  does not recompile.
+  does not recompile; each build's name, and so its cache file's, carries
+  the fastmath flags (:data:`CACHE_TAG`).
 * ``fastmath={"reassoc"}``: lets LLVM vectorize the float64 accumulations
   inside one task (a fixed order for a given shape and build).
   ``nnan``/``ninf`` are deliberately absent: NaN and Inf must propagate to the
@@ -51,6 +52,12 @@ USER_OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 FASTMATH = frozenset({"reassoc"})
+#: Ends the name of every kernel build, and so of its cache file: Numba's
+#: cache key holds a function's bytecode and signature but not its compile
+#: flags, so after a change of flags a kernel whose source file did not
+#: change (an installation updated in place) would load code compiled under
+#: the old ones. With the flags in the name, it compiles anew.
+CACHE_TAG = "_" + "_".join(sorted(FASTMATH))
 
 #: Inputs with fewer elements than this run the serial build of a kernel.
 SERIAL_MAX_ELEMENTS = 1 << 15
@@ -96,8 +103,8 @@ class Kernel:
     def __init__(self, func):
         self.__wrapped__ = func
         self.__doc__ = func.__doc__
-        self.parallel = _compile(func, parallel=True)
-        self.serial = _compile(_renamed(func, "_serial"), parallel=False)
+        self.parallel = _compile(_renamed(func, CACHE_TAG), parallel=True)
+        self.serial = _compile(_renamed(func, "_serial" + CACHE_TAG), parallel=False)
 
     def for_size(self, elements):
         """The build to run for an input of ``elements`` elements."""

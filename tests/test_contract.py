@@ -336,3 +336,16 @@ def test_kernels_loaded_from_the_cache_give_the_bits_of_freshly_compiled_ones(tm
     compiled = run()
     assert list(tmp_path.rglob("*.nbi")), "the first run should have filled the cache"
     assert run() == compiled
+
+
+def test_kernel_builds_are_cached_under_names_that_carry_the_compile_flags():
+    """Numba's cache key holds a kernel's bytecode but not its compile flags:
+    after a change of flags, a kernel whose source file did not change would
+    load code compiled under the old ones. The flags are part of each build's
+    name, after which Numba names the cache file."""
+    from numbanorm._cpu import rows
+
+    kernel = rows.row_forward
+    assert kernel.parallel.py_func.__qualname__ == "row_forward" + _jit.CACHE_TAG
+    assert kernel.serial.py_func.__qualname__ == "row_forward_serial" + _jit.CACHE_TAG
+    assert all(flag in _jit.CACHE_TAG for flag in _jit.FASTMATH)
