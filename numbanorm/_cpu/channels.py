@@ -34,9 +34,9 @@ from .._jit import aligned_empty, aligned_zeros, cast_like, helper, kernel, spli
 #: before updating the per-channel sums, so the sums are loaded and stored once
 #: per block of rows instead of once per element (8 rows: channels-last moments
 #: 2x faster than with 4, measured on 32x56x56x64 float32), on rows of at
-#: least ``PAIRED_ROWS_MAX_C`` channels; narrower rows go two at a time (see
-#: :func:`_add_moments`).
+#: least ``PAIRED_ROWS_MAX_C`` channels.
 ROW_BLOCK = 8
+#: Narrower channels-last rows are summed two at a time (see :func:`_add_moments`).
 PAIRED_ROWS_MAX_C = 256
 
 #: Channel runs (``Q`` values) up to this long count as short (7x7 images: 49).
@@ -180,11 +180,11 @@ def _add_grad_sums(dy, x, n, p_start, p_stop, hi, lo, sa, sb):
     over rows ``p_start:p_stop`` into ``sa[c]``, ``sb[c]`` (float64), with
     ``mean = hi + lo``.
 
-    One row at a time, unlike :func:`_add_moments`: two arrays read in blocks
-    of 4 rows are 8 streams with a row's stride between them, and memory
-    served them slower than 2 (batch norm 32x56x56x64 backward's sums, one
-    thread: 2.0 ms in blocks of 4 rows, 1.16 ms row by row; 256x7x7x512:
-    1.76 against 1.30 ms).
+    Two rows per loop, not the moments' blocks of 8: two arrays read in
+    blocks of 4 rows are 8 streams with a row's stride between them, and
+    memory served them slower than 2 (batch norm 32x56x56x64 backward's
+    sums, one thread: 2.0 ms in blocks of 4 rows, 1.16 ms row by row;
+    256x7x7x512: 1.76 against 1.30 ms).
 
     Each channel's terms ``dy`` and ``dy * (x - hi)`` of ``GRAD_ROW_BLOCK``
     rows are added in ``x``'s dtype (one sum of a few values per channel, as
@@ -193,9 +193,9 @@ def _add_grad_sums(dy, x, n, p_start, p_stop, hi, lo, sa, sb):
     of float32 sums is twice as many values per vector as one of float64
     sums, and ``lo`` leaves the loop. Two rows per loop load and store the
     block's sums once for both. Public backward, alternating with the
-    float64 row-by-row loop in one process: group norm 256x7x7x512 3.39 ->
-    3.16 ms, instance norm 32x56x56x64 2.95 -> 2.70 ms, batch norm
-    256x7x7x512 3.18 -> 2.98 ms (``docs/accuracy.rst`` gives the errors).
+    float64 row-by-row loop in one process: group norm 256x7x7x512 3.44 ->
+    3.01 ms, instance norm 256x7x7x512 3.96 -> 3.52 ms, batch norm
+    256x7x7x512 3.15 -> 2.93 ms (``docs/accuracy.rst`` gives the errors).
     """
     xc = _rows(x, n, p_start, p_stop)
     gc = _rows(dy, n, p_start, p_stop)
@@ -370,9 +370,9 @@ def _affine_coefficients(x, mean, rstd, weight, bias, n, cg, hi, a, b):
     ``b = bias - lo * a`` (in float64, then rounded), so the elementwise pass
     reads three coefficient arrays and does one subtraction (exact for ``x``
     within a factor of 2 of the mean, one rounding otherwise), one
-    multiplication and one addition. Batch norm 32x56x56x64 apply, 2 threads: 0.86 ms with
-    ``((x - hi) - lo) * a + b``, 0.62 ms so (with the aligned arrays and
-    row views).
+    multiplication and one addition. Batch norm 32x56x56x64 apply, 2
+    threads: 0.86 ms with ``((x - hi) - lo) * a + b``, 0.62 ms so (with the
+    aligned arrays and row views).
     """
     for g in range(rstd.shape[1]):
         h, l = split_like(x, mean[n, g])
