@@ -186,6 +186,14 @@ def stats(shape):
     return empty(shape, _FLOAT64, STATS_REUSE_MIN_BYTES)
 
 
+def stats_maker(shape):
+    """The function that gives :func:`stats` of ``shape``: ``np.empty`` for
+    statistics too small to come from a reusable block."""
+    if math.prod(shape) * _FLOAT64.itemsize < STATS_REUSE_MIN_BYTES:
+        return np.empty
+    return stats
+
+
 # ------------------------------------------------------------ scratch ---
 
 #: Work arrays up to this size are kept between calls (see :func:`scratch`).

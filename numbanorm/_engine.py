@@ -16,7 +16,15 @@ and instance norm (``G = C``).
 Grouped kernels take float64 statistics per ``(n, group)`` and parameters per
 channel, and form each channel's coefficients themselves: no ``(N, C)``
 arrays are built on the host.
+
+A norm's pass is a ``*_steps`` function of the kernel shape (and dtypes,
+settings): it works out once what they decide (work split, kernel, scratch
+shapes) and returns the steps a call runs. The public functions ask for
+them once per call signature (see the runners in :mod:`numbanorm._layout`).
 """
+
+import functools
+import math
 
 import numpy as np
 
@@ -34,7 +42,7 @@ CHUNK_ELEMENTS = 1 << 16
 ROW_BLOCKS = 16
 MIN_ROWS_PER_BLOCK = 16
 #: Group and instance norm run one fused task per sample from this many
-#: samples on (see :func:`sample_forward`).
+#: samples on (see :func:`sample_forward_steps`).
 SAMPLE_KERNEL_MIN_N = 4
 #: Their backward adds the samples' parameter-gradient sums in at most this
 #: many blocks of consecutive samples, one task each (instance norm
@@ -81,6 +89,15 @@ def coefficients(a, dtype=np.float64):
 def to_kernel(view, a, dtype):
     """``a`` (shaped like x) as a C-contiguous, read-only kernel array."""
     return view.to_kernel(a, dtype)
+
+
+def read_only(a, kshape):
+    """A read-only view of the C-contiguous ``a`` in shape ``kshape``: no
+    compiled kernel writes to its inputs, and one specialization serves
+    writeable and read-only inputs alike."""
+    k = a.reshape(kshape)
+    k.flags.writeable = False
+    return k
 
 
 def output(view, dtype, result, out):
@@ -158,46 +175,69 @@ def _group_total(per_channel, groups):
 # ------------------------------------------------------------- row norms ---
 
 
-def row_forward(xk, weight, bias, eps, center, yk):
-    """Layer norm (``center``) or RMS norm of each row of ``xk`` into ``yk``."""
-    rows, length = xk.shape
-    dtype = xk.dtype
-    w = _flat(weight) if weight is not None else np.ones(length)
-    b = _flat(bias) if bias is not None else np.zeros(length)
-    mean = _buffers.stats((rows,))
-    rstd = _buffers.stats((rows,))
-    backend.row_forward.for_size(xk.size)(
-        xk, coefficients(w, dtype), coefficients(b, dtype), eps, center, yk, mean, rstd
-    )
-    return mean, rstd
+@functools.lru_cache(maxsize=256)
+def row_forward_steps(kshape, dtype, center):
+    """Layer norm (``center``) or RMS norm of each row, for kernel arrays of
+    shape ``kshape`` and ``dtype``, with what they decide worked out once:
+    ``steps(xk, weight, bias, eps, yk) -> (mean, rstd)`` writes ``yk``.
+
+    Every engine function that a public function calls once per signature
+    ends in ``_steps`` (see the runners in :mod:`numbanorm._layout`); the
+    CUDA engine has the same ones."""
+    rows, length = kshape
+    kernel = backend.row_forward
+    elements = rows * length
+    ones, zeros = np.ones(length, dtype), np.zeros(length, dtype)  # the kernel only reads them
+    new_stats = _buffers.stats_maker((rows,))
+
+    def steps(xk, weight, bias, eps, yk):
+        mean = new_stats((rows,))
+        rstd = new_stats((rows,))
+        kernel.for_size(elements)(
+            xk, ones if weight is None else coefficients(_flat(weight), dtype),
+            zeros if bias is None else coefficients(_flat(bias), dtype), eps, center, yk, mean, rstd,
+        )
+        return mean, rstd
+
+    return steps
 
 
-def row_backward(dyk, xk, mean, rstd, weight, center, param_grads, dxk):
-    """dx into ``dxk``; returns ``(dweight, dbias)`` (or Nones): float64 sums,
-    stored in the weight's dtype when that is float32 or float64."""
-    rows, length = xk.shape
-    w = _flat(weight) if weight is not None else np.ones(length)
+@functools.lru_cache(maxsize=256)
+def row_backward_steps(kshape, dtype, center, param_grads, weight_dtype):
+    """Backward of :func:`row_forward_steps` for kernel arrays of shape
+    ``kshape`` and ``dtype`` and a weight of ``weight_dtype`` (None without
+    one): ``steps(dyk, xk, mean, rstd, weight, dxk) -> (dweight, dbias)``
+    writes dx into ``dxk`` and returns the float64 sums stored in the
+    weight's dtype when that is float32 or float64 (or Nones)."""
+    rows, length = kshape
     rows_per_block, nblocks = _blocks(rows, ROW_BLOCKS, MIN_ROWS_PER_BLOCK)
     part_shape = (nblocks, length if param_grads else 0)
-    dw_part = _buffers.scratch("dw_part", part_shape)
-    db_part = _buffers.scratch("db_part", part_shape)
     kernel = backend.long_row_backward if length >= backend.FUSED_ROW_MIN else backend.row_backward
+    elements = rows * length
+    ones = np.ones(length, dtype)  # the kernel only reads it
     # The kernel stores the gradients in the weight's dtype (float64 without a
     # weight, or for other dtypes): no cast left for the caller (10 us a call
     # with the caches cold after the pass, layer norm 64x4096).
-    if weight is not None and weight.dtype in _KERNEL_FLOATS:
-        grad_dtype = weight.dtype
+    if weight_dtype is not None and weight_dtype in _KERNEL_FLOATS:
+        grad_dtype = weight_dtype
     else:
-        grad_dtype = np.float64
-    dweight = np.empty(part_shape[1], grad_dtype)
-    dbias = np.empty(part_shape[1], grad_dtype)
-    kernel.for_size(xk.size)(
-        dyk, xk, coefficients(mean), coefficients(rstd), coefficients(w, xk.dtype), center, param_grads,
-        rows_per_block, dxk, dw_part, db_part, dweight, dbias,
-    )
-    if not param_grads:
-        return None, None
-    return dweight, dbias
+        grad_dtype = np.dtype(np.float64)
+
+    def steps(dyk, xk, mean, rstd, weight, dxk):
+        dw_part = _buffers.scratch("dw_part", part_shape)
+        db_part = _buffers.scratch("db_part", part_shape)
+        dweight = np.empty(part_shape[1], grad_dtype)
+        dbias = np.empty(part_shape[1], grad_dtype)
+        kernel.for_size(elements)(
+            dyk, xk, coefficients(mean), coefficients(rstd),
+            ones if weight is None else coefficients(_flat(weight), dtype), center, param_grads,
+            rows_per_block, dxk, dw_part, db_part, dweight, dbias,
+        )
+        if not param_grads:
+            return None, None
+        return dweight, dbias
+
+    return steps
 
 
 # --------------------------------------------------------- grouped norms ---
@@ -312,52 +352,81 @@ def group_backward(dyk, xk, mean, rstd, weight, batch_stats, param_grads, dxk):
     return dweight, dbias
 
 
-def sample_forward(xk, groups, weight, bias, eps, yk):
-    """Group/instance norm forward: statistics per ``(n, group)`` from ``x``
-    itself, then the affine map. Returns float64 ``(mean, rstd)``, ``(N, G)``.
+@functools.lru_cache(maxsize=256)
+def sample_forward_steps(kshape, groups):
+    """Group/instance norm forward for kernel arrays of shape ``kshape``:
+    ``steps(xk, weight, bias, eps, yk) -> (mean, rstd)``, statistics per
+    ``(n, group)`` from ``x`` itself (float64, ``(N, G)``), then the affine
+    map into ``yk``.
 
     From ``SAMPLE_KERNEL_MIN_N`` samples on, one fused task per sample (one
     pass over memory); fewer samples use the chunked kernels so that both
     threads have work. The choice depends on the shape only.
     """
-    n, _, c, _ = xk.shape
+    n, _, c, _ = kshape
     if n < SAMPLE_KERNEL_MIN_N:
-        mean, var = group_moments(xk, groups)
-        rstd = rstd_of(var, eps)
-        group_apply(xk, mean, rstd, weight, bias, yk)
-        return mean, rstd
-    mean = _buffers.stats((n, groups))
-    rstd = _buffers.stats((n, groups))
+        def chunked(xk, weight, bias, eps, yk):
+            mean, var = group_moments(xk, groups)
+            rstd = rstd_of(var, eps)
+            group_apply(xk, mean, rstd, weight, bias, yk)
+            return mean, rstd
+
+        return chunked
     samples_per_task, _ = _blocks(n, SAMPLE_BLOCKS)
-    backend.sample_norm_forward.for_size(xk.size)(
-        xk, groups, _param(weight, c, 1.0), _param(bias, c, 0.0), eps, samples_per_task, yk,
-        mean, rstd,
-    )
-    return mean, rstd
+    kernel = backend.sample_norm_forward
+    elements = math.prod(kshape)
+    stat_shape = (n, groups)
+    ones, zeros = np.ones(c), np.zeros(c)  # the kernel only reads them
+
+    new_stats = _buffers.stats_maker(stat_shape)
+
+    def fused(xk, weight, bias, eps, yk):
+        mean = new_stats(stat_shape)
+        rstd = new_stats(stat_shape)
+        kernel.for_size(elements)(
+            xk, groups, ones if weight is None else weight.astype(np.float64),
+            zeros if bias is None else bias.astype(np.float64), eps, samples_per_task, yk,
+            mean, rstd,
+        )
+        return mean, rstd
+
+    return fused
 
 
-def sample_backward(dyk, xk, mean, rstd, weight, param_grads, dxk):
-    """Backward of :func:`sample_forward`; dx into ``dxk``, returns float64
-    ``(dweight, dbias)`` (or Nones)."""
-    n, p, c, q = xk.shape
+@functools.lru_cache(maxsize=256)
+def sample_backward_steps(kshape, groups, param_grads):
+    """Backward of :func:`sample_forward_steps` for kernel arrays of shape
+    ``kshape`` and statistics of ``groups`` groups: ``steps(dyk, xk, mean,
+    rstd, weight, dxk) -> (dweight, dbias)`` writes dx into ``dxk`` and
+    returns float64 sums (or Nones)."""
+    n, p, c, q = kshape
     if n < SAMPLE_KERNEL_MIN_N:
-        return group_backward(dyk, xk, mean, rstd, weight, True, param_grads, dxk)
-    mean, rstd = coefficients(mean), coefficients(rstd)
+        def chunked(dyk, xk, mean, rstd, weight, dxk):
+            return group_backward(dyk, xk, mean, rstd, weight, True, param_grads, dxk)
+
+        return chunked
     samples_per_block, nblocks = _blocks(n, SAMPLE_BLOCKS)
     part_shape = (nblocks, c)
-    sum_dy = _buffers.scratch("sum_dy", part_shape)
-    sum_dy_xhat = _buffers.scratch("sum_dy_xhat", part_shape)
-    if p == 1 and q <= backend.SHORT_RUN and mean.shape[1] == c:
+    if p == 1 and q <= backend.SHORT_RUN and groups == c:
         kernel = backend.instance_runs_backward  # instance norm, NCHW short runs
     else:
         kernel = backend.sample_norm_backward
-    kernel.for_size(xk.size)(
-        dyk, xk, mean, rstd, _param(weight, c, 1.0), samples_per_block, sum_dy, sum_dy_xhat,
-        dxk,
-    )
-    if not param_grads:
-        return None, None
-    return sum_dy_xhat.sum(axis=0), sum_dy.sum(axis=0)
+    elements = math.prod(kshape)
+    ones = np.ones(c)  # the kernel only reads it
+
+    def fused(dyk, xk, mean, rstd, weight, dxk):
+        sum_dy = _buffers.scratch("sum_dy", part_shape)
+        sum_dy_xhat = _buffers.scratch("sum_dy_xhat", part_shape)
+        kernel.for_size(elements)(
+            dyk, xk, coefficients(mean), coefficients(rstd),
+            ones if weight is None else weight.astype(np.float64), samples_per_block, sum_dy,
+            sum_dy_xhat, dxk,
+        )
+        if not param_grads:
+            return None, None
+        return sum_dy_xhat.sum(axis=0), sum_dy.sum(axis=0)
+
+    return fused
 
 
 # ----------------------------------------------------------- weight norm ---
@@ -374,19 +443,37 @@ def _magnitude(g):
     return coefficients(g)
 
 
-def weight_norm_forward(vk, g, wk):
-    """``w = g[r] * v / ||v[r]||`` per row of ``vk``; returns float64 ``1/||v||``."""
-    rows, length = vk.shape
+@functools.lru_cache(maxsize=256)
+def weight_norm_forward_steps(kshape):
+    """Weight norm for kernel arrays of shape ``kshape``: ``steps(vk, g, wk)
+    -> rstd`` writes ``w = g[r] * v / ||v[r]||`` per row into ``wk`` and
+    returns float64 ``1/||v||``."""
+    rows, length = kshape
     rows_per_task = SCALE_ROWS_PER_TASK if length >= SCALE_PIPELINE_MIN_LENGTH else 1
-    rstd = _buffers.stats((rows,))
-    backend.row_scale_forward.for_size(vk.size)(vk, _magnitude(g), rows_per_task, wk, rstd)
-    return rstd
+    kernel = backend.row_scale_forward
+    elements = rows * length
+    new_stats = _buffers.stats_maker((rows,))
+
+    def steps(vk, g, wk):
+        rstd = new_stats((rows,))
+        kernel.for_size(elements)(vk, _magnitude(g), rows_per_task, wk, rstd)
+        return rstd
+
+    return steps
 
 
-def weight_norm_backward(dwk, vk, g, rstd, dvk):
-    """dv into ``dvk``; returns float64 ``dg`` per row."""
-    dg = np.empty(vk.shape[0])
-    backend.row_scale_backward.for_size(vk.size)(
-        dwk, vk, _magnitude(g), coefficients(rstd), dvk, dg
-    )
-    return dg
+@functools.lru_cache(maxsize=256)
+def weight_norm_backward_steps(kshape):
+    """Backward of :func:`weight_norm_forward_steps`: ``steps(dwk, vk, g,
+    rstd, dvk) -> dg`` writes dv into ``dvk`` and returns float64 ``dg`` per
+    row."""
+    rows, length = kshape
+    kernel = backend.row_scale_backward
+    elements = rows * length
+
+    def steps(dwk, vk, g, rstd, dvk):
+        dg = np.empty(rows)
+        kernel.for_size(elements)(dwk, vk, _magnitude(g), coefficients(rstd), dvk, dg)
+        return dg
+
+    return steps

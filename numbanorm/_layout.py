@@ -16,6 +16,7 @@ Every check runs before any output or running statistic is written.
 import functools
 import math
 import numbers
+import threading
 from typing import NamedTuple
 
 import numpy as np
@@ -210,11 +211,7 @@ def param_grads(engine, dweight, dbias, weight, has_bias, result, shape):
     """Affine-parameter gradients as returned to the caller: new arrays shaped
     ``shape``, in the weight's dtype (the result's without a weight), ``None``
     for a parameter the forward pass did not have."""
-    dtype = param_grad_dtype(weight) if weight is not None else result
-    return (
-        _param_grad(engine, dweight, dtype, shape) if weight is not None else None,
-        _param_grad(engine, dbias, dtype, shape) if has_bias else None,
-    )
+    return param_grads_maker(engine, weight, has_bias, result, shape)(dweight, dbias)
 
 
 def _param_grad(engine, grad, dtype, shape):
@@ -299,9 +296,7 @@ class View(NamedTuple):
         """
         if not (self.identity and a.dtype == dtype and a.flags.c_contiguous):
             a = np.ascontiguousarray(a.transpose(self.perm) if not self.identity else a, dtype)
-        k = a.view() if a.shape == self.kshape else a.reshape(self.kshape)
-        k.setflags(write=False)
-        return k
+        return _engine.read_only(a, self.kshape)
 
     def output(self, dtype, result, out):
         """A kernel-shaped buffer to write into, and a function giving the result.
@@ -378,3 +373,72 @@ def require_nonempty_reduction(count, what, *args):
         raise ValueError(
             f"cannot normalize over an empty set of elements ({what.format(*args)})"
         )
+
+
+# -------------------------------------------------------------- runners ---
+# A public function checks what its arguments' shapes, dtypes and layouts and
+# its settings (axis, number of groups) decide, and has the engine work out
+# what they decide for the kernels (``engine.*_steps``), once per signature.
+# On the host it keeps the steps that depend on the arrays' contents in a
+# runner under the call's key (a tuple it builds itself: shapes, dtypes,
+# C-contiguity, settings), and a repeated call with the same key looks its
+# runner up and runs it. Each step of the whole path costs a microsecond or
+# more with the interpreter's caches cold after the previous call's pass
+# over memory (every Python function call one), and there were dozens:
+# group norm 8x256x28x28 forward spent 28 us before its kernel and 6 us
+# after (docs/performance.rst). Settings in a key must be checked with
+# ``type(...) is int`` first: ``1``, ``1.0`` and ``True`` are one dict key.
+# What a key cannot cover is checked on every call: ``eps``, and the saved
+# statistics a backward pass gets.
+
+#: At most this many runners are kept (the oldest dropped first).
+RUNNERS_MAX = 256
+_runners = {}
+_runners_lock = threading.Lock()
+#: The key part of an argument that gives its call no runner.
+NO_KEY = object()
+
+
+def param_key(p):
+    """An affine parameter's part of a runner key: ``(shape, dtype)``, None
+    for None, and :data:`NO_KEY` for anything but a NumPy array."""
+    if p is None:
+        return None
+    if type(p) is np.ndarray:
+        return p.shape, p.dtype
+    return NO_KEY
+
+
+def flat(key, x, view, dtype, result):
+    """Whether a host call with ``key`` gets a runner that reshapes ``x``
+    (C-contiguous, of the kernels' ``dtype``, its ``view`` a reshape) and
+    gives a new output of the ``result`` dtype: the steps of ``to_kernel``
+    and ``output`` that apply, written out in the runner."""
+    return (
+        key is not None and NO_KEY not in key and view.identity
+        and x.dtype == dtype == result and x.flags.c_contiguous
+    )
+
+
+def keep_runner(key, run):
+    """Keep ``run`` for ``key``; returns ``run``."""
+    with _runners_lock:  # another thread's insertion would break the iteration
+        if len(_runners) >= RUNNERS_MAX:
+            del _runners[next(iter(_runners))]
+        _runners[key] = run
+    return run
+
+
+def param_grads_maker(engine, weight, has_bias, result, shape):
+    """:func:`param_grads` for a weight (a validated array, or None) like
+    ``weight``: ``grads(dweight, dbias)``, with the dtype worked out once."""
+    dtype = param_grad_dtype(weight) if weight is not None else result
+    has_weight = weight is not None
+
+    def grads(dweight, dbias):
+        return (
+            _param_grad(engine, dweight, dtype, shape) if has_weight else None,
+            _param_grad(engine, dbias, dtype, shape) if has_bias else None,
+        )
+
+    return grads

@@ -1,6 +1,10 @@
 """Layer norm and RMS norm: statistics per row of the normalized axes."""
 
+import numpy as np
+
+from ._buffers import empty as new_output
 from ._layout import (
+    _runners,
     as_input,
     check_eps,
     check_like,
@@ -9,8 +13,11 @@ from ._layout import (
     check_stats,
     compute_dtype,
     engine_for,
+    flat,
+    keep_runner,
     normalize_axes,
-    param_grads,
+    param_grads_maker,
+    param_key,
     require_nonempty_reduction,
     result_dtype,
     row_view,
@@ -31,37 +38,91 @@ def _prepare(x, axis, weight, bias):
 
 
 def _forward(x, weight, bias, axis, eps, out, center):
+    key = None
+    if type(x) is np.ndarray and out is None and type(axis) is int:
+        key = (
+            "row forward", center, axis, x.shape, x.dtype, x.flags.c_contiguous,
+            param_key(weight), param_key(bias),
+        )
+        run = _runners.get(key)
+        if run is not None:
+            return run(x, weight, bias, check_eps(eps))
     x, device, result, dtype, _, w, b, view, stat_shape = _prepare(x, axis, weight, bias)
     engine = engine_for(device)
     eps = check_eps(eps)
     if out is not None:
         out = check_out(out, view.shape, result, {"x": x, "weight": w, "bias": b}, device=device)
+    steps = engine.row_forward_steps(view.kshape, dtype, center)
+    shape, kshape = view.shape, view.kshape
+    has_bias = bias is not None
+
+    def saved(mean, rstd):
+        if rstd.shape != stat_shape:
+            mean, rstd = mean.reshape(stat_shape), rstd.reshape(stat_shape)
+        return NormStats(mean if center else None, rstd, True, has_bias)
+
+    if flat(key, x, view, dtype, result):
+
+        def run(x, w, b, eps):
+            xk = x.reshape(kshape)  # engine.to_kernel and engine.output, the steps that apply
+            xk.flags.writeable = False
+            y = new_output(shape, dtype)
+            return y, saved(*steps(xk, w, b, eps, y.reshape(kshape)))
+
+        return keep_runner(key, run)(x, w, b, eps)
     xk = engine.to_kernel(view, x, dtype)
     yk, finish = engine.output(view, dtype, result, out)
-    mean, rstd = engine.row_forward(xk, w, b, eps, center, yk)
-    if rstd.shape != stat_shape:
-        mean, rstd = mean.reshape(stat_shape), rstd.reshape(stat_shape)
-    saved = NormStats(mean if center else None, rstd, True, bias is not None)
-    return finish(), saved
+    stats = saved(*steps(xk, w, b, eps, yk))
+    return finish(), stats
 
 
 def _backward(dy, x, saved, weight, axis, center, has_bias):
+    key = None
+    if type(x) is np.ndarray and type(dy) is np.ndarray and type(axis) is int:
+        key = (
+            "row backward", center, has_bias, axis, x.shape, x.dtype, x.flags.c_contiguous,
+            dy.shape, dy.dtype, dy.flags.c_contiguous, param_key(weight),
+        )
+        run = _runners.get(key)
+        if run is not None:
+            return run(dy, x, saved, weight)
     x, device, result, dtype, pshape, w, _, view, stat_shape = _prepare(x, axis, weight, None)
     engine = engine_for(device)
     dy = check_like(dy, view.shape, result, "dy", device=device)
     rows = view.kshape[0]
-    rstd = check_stats(saved.rstd, stat_shape, "saved.rstd", engine, device).reshape(rows)
-    if center:
-        mean = check_stats(saved.mean, stat_shape, "saved.mean", engine, device).reshape(rows)
-    else:
-        mean = engine.zeros(rows)
-    need_param_grads = weight is not None or has_bias
-    dxk, finish = engine.output(view, dtype, result, None)
-    dw, db = engine.row_backward(
-        engine.to_kernel(view, dy, dtype), engine.to_kernel(view, x, dtype), mean, rstd,
-        w, center, need_param_grads, dxk,
+    steps = engine.row_backward_steps(
+        view.kshape, dtype, center, weight is not None or has_bias,
+        w.dtype if w is not None else None,
     )
-    return (finish(), *param_grads(engine, dw, db, w, has_bias, result, pshape))
+    shape, kshape = view.shape, view.kshape
+    grads = param_grads_maker(engine, w, has_bias, result, pshape)
+
+    def statistics(saved):
+        rstd = check_stats(saved.rstd, stat_shape, "saved.rstd", engine, device).reshape(rows)
+        if center:
+            mean = check_stats(saved.mean, stat_shape, "saved.mean", engine, device).reshape(rows)
+        else:
+            mean = engine.zeros(rows)
+        return mean, rstd
+
+    if flat(key, x, view, dtype, result) and dy.flags.c_contiguous:
+
+        def run(dy, x, saved, w):
+            mean, rstd = statistics(saved)
+            dyk = dy.reshape(kshape)  # engine.to_kernel and engine.output, the steps that apply
+            dyk.flags.writeable = False
+            xk = x.reshape(kshape)
+            xk.flags.writeable = False
+            dx = new_output(shape, dtype)
+            return (dx, *grads(*steps(dyk, xk, mean, rstd, w, dx.reshape(kshape))))
+
+        return keep_runner(key, run)(dy, x, saved, w)
+    mean, rstd = statistics(saved)
+    dxk, finish = engine.output(view, dtype, result, None)
+    dw, db = steps(
+        engine.to_kernel(view, dy, dtype), engine.to_kernel(view, x, dtype), mean, rstd, w, dxk
+    )
+    return (finish(), *grads(dw, db))
 
 
 def layer_norm(x, weight=None, bias=None, *, axis=-1, eps=1e-5, out=None):

@@ -2,7 +2,11 @@
 
 import functools
 
+import numpy as np
+
+from ._buffers import empty as new_output
 from ._layout import (
+    _runners,
     as_array,
     as_input,
     check_like,
@@ -10,6 +14,8 @@ from ._layout import (
     compute_dtype,
     dtype_result,
     engine_for,
+    flat,
+    keep_runner,
     normalize_axis,
     param_grad_dtype,
     row_view,
@@ -84,12 +90,32 @@ def weight_norm(v, g, *, axis=0):
         ``mean`` is None; ``rstd = 1/||v||`` per slice (float64, shape
         ``(v.shape[axis],)``).
     """
+    key = None
+    if type(v) is np.ndarray and type(g) is np.ndarray and (axis is None or type(axis) is int):
+        key = ("weight forward", axis, v.shape, v.dtype, v.flags.c_contiguous, g.shape, g.dtype)
+        run = _runners.get(key)
+        if run is not None:
+            return run(v, g)
     v, engine, _, result, dtype, g, view, stat_shape = _prepare(v, g, axis)
+    steps = engine.weight_norm_forward_steps(view.kshape)
+    shape, kshape = view.shape, view.kshape
+    reshape = (kshape[0],) != stat_shape
+
+    def saved(rstd):
+        return NormStats(None, rstd.reshape(stat_shape) if reshape else rstd, True, False)
+
+    if flat(key, v, view, dtype, result):
+
+        def run(v, g):
+            vk = v.reshape(kshape)  # engine.to_kernel and engine.output, the steps that apply
+            vk.flags.writeable = False
+            w = new_output(shape, dtype)
+            return w, saved(steps(vk, g, w.reshape(kshape)))
+
+        return keep_runner(key, run)(v, g)
     wk, finish = engine.output(view, dtype, result, None)
-    rstd = engine.weight_norm_forward(engine.to_kernel(view, v, dtype), g, wk)
-    if rstd.shape != stat_shape:
-        rstd = rstd.reshape(stat_shape)
-    return finish(), NormStats(None, rstd, True, False)
+    rstd = steps(engine.to_kernel(view, v, dtype), g, wk)
+    return finish(), saved(rstd)
 
 
 def weight_norm_backward(dw, v, g, saved, *, axis=0):
@@ -121,12 +147,41 @@ def weight_norm_backward(dw, v, g, saved, *, axis=0):
     dg : ndarray
         Gradient with respect to ``g``, shape and dtype of ``g``.
     """
+    key = None
+    if (
+        type(v) is np.ndarray and type(g) is np.ndarray and type(dw) is np.ndarray
+        and (axis is None or type(axis) is int)
+    ):
+        key = (
+            "weight backward", axis, v.shape, v.dtype, v.flags.c_contiguous, g.shape, g.dtype,
+            dw.shape, dw.dtype, dw.flags.c_contiguous,
+        )
+        run = _runners.get(key)
+        if run is not None:
+            return run(dw, v, g, saved)
     v, engine, device, result, dtype, g, view, stat_shape = _prepare(v, g, axis)
     dw = check_like(dw, view.shape, result, "dw", like="v", device=device)
-    rstd = check_stats(saved.rstd, stat_shape, "saved.rstd", engine, device)
-    rstd = rstd.reshape(view.kshape[0])
+    steps = engine.weight_norm_backward_steps(view.kshape)
+    shape, kshape, rows = view.shape, view.kshape, view.kshape[0]
+    g_shape, g_dtype = g.shape, param_grad_dtype(g)
+
+    def statistics(saved):
+        return check_stats(saved.rstd, stat_shape, "saved.rstd", engine, device).reshape(rows)
+
+    if flat(key, v, view, dtype, result) and dw.flags.c_contiguous:
+
+        def run(dw, v, g, saved):
+            rstd = statistics(saved)
+            dwk = dw.reshape(kshape)  # engine.to_kernel and engine.output, the steps that apply
+            dwk.flags.writeable = False
+            vk = v.reshape(kshape)
+            vk.flags.writeable = False
+            dv = new_output(shape, dtype)
+            dg = steps(dwk, vk, g, rstd, dv.reshape(kshape))
+            return dv, engine.cast(dg.reshape(g_shape), g_dtype)
+
+        return keep_runner(key, run)(dw, v, g, saved)
+    rstd = statistics(saved)
     dvk, finish = engine.output(view, dtype, result, None)
-    dg = engine.weight_norm_backward(
-        engine.to_kernel(view, dw, dtype), engine.to_kernel(view, v, dtype), g, rstd, dvk
-    )
-    return finish(), engine.cast(dg.reshape(g.shape), param_grad_dtype(g))
+    dg = steps(engine.to_kernel(view, dw, dtype), engine.to_kernel(view, v, dtype), g, rstd, dvk)
+    return finish(), engine.cast(dg.reshape(g_shape), g_dtype)

@@ -1,5 +1,6 @@
 """Norms as compositions of the CUDA kernels: the GPU counterpart of
-:mod:`numbanorm._engine`, function for function.
+:mod:`numbanorm._engine`, function for function (its ``*_steps`` functions
+wrap the plain ones here, which work everything out on every call).
 
 The CPU engine finishes on the host with NumPy (adding partial sums, forming
 coefficients); here every such step is a small kernel from
@@ -104,6 +105,26 @@ def row_backward(dyk, xk, mean, rstd, weight, center, param_grads, dxk):
     return dweight, dbias
 
 
+def row_forward_steps(kshape, dtype, center):
+    """:func:`row_forward` as ``steps(xk, weight, bias, eps, yk)`` (the
+    counterpart of :func:`numbanorm._engine.row_forward_steps`)."""
+
+    def steps(xk, weight, bias, eps, yk):
+        return row_forward(xk, weight, bias, eps, center, yk)
+
+    return steps
+
+
+def row_backward_steps(kshape, dtype, center, param_grads, weight_dtype):
+    """:func:`row_backward` as ``steps(dyk, xk, mean, rstd, weight, dxk)``
+    (the counterpart of :func:`numbanorm._engine.row_backward_steps`)."""
+
+    def steps(dyk, xk, mean, rstd, weight, dxk):
+        return row_backward(dyk, xk, mean, rstd, weight, center, param_grads, dxk)
+
+    return steps
+
+
 # --------------------------------------------------------- grouped norms ---
 
 
@@ -178,9 +199,30 @@ def sample_forward(xk, groups, weight, bias, eps, yk):
     return mean, rstd
 
 
+def sample_forward_steps(kshape, groups):
+    """:func:`sample_forward` for kernel arrays of shape ``kshape``:
+    ``steps(xk, weight, bias, eps, yk) -> (mean, rstd)`` (the counterpart of
+    :func:`numbanorm._engine.sample_forward_steps`)."""
+
+    def steps(xk, weight, bias, eps, yk):
+        return sample_forward(xk, groups, weight, bias, eps, yk)
+
+    return steps
+
+
 def sample_backward(dyk, xk, mean, rstd, weight, param_grads, dxk):
     """Backward of :func:`sample_forward`; returns float64 ``(dweight, dbias)``."""
     return group_backward(dyk, xk, mean, rstd, weight, True, param_grads, dxk)
+
+
+def sample_backward_steps(kshape, groups, param_grads):
+    """:func:`sample_backward` as ``steps(dyk, xk, mean, rstd, weight, dxk)``
+    (the counterpart of :func:`numbanorm._engine.sample_backward_steps`)."""
+
+    def steps(dyk, xk, mean, rstd, weight, dxk):
+        return sample_backward(dyk, xk, mean, rstd, weight, param_grads, dxk)
+
+    return steps
 
 
 # ----------------------------------------------------------- weight norm ---
@@ -198,3 +240,15 @@ def weight_norm_backward(dwk, vk, g, rstd, dvk):
     dg = empty((vk.shape[0],), np.float64)
     row_scale_backward(dwk, vk, param(g, vk.shape[0], 1.0), rstd, dvk, dg)
     return dg
+
+
+def weight_norm_forward_steps(kshape):
+    """:func:`weight_norm_forward` as ``steps(vk, g, wk)`` (the counterpart
+    of :func:`numbanorm._engine.weight_norm_forward_steps`)."""
+    return weight_norm_forward
+
+
+def weight_norm_backward_steps(kshape):
+    """:func:`weight_norm_backward` as ``steps(dwk, vk, g, rstd, dvk)`` (the
+    counterpart of :func:`numbanorm._engine.weight_norm_backward_steps`)."""
+    return weight_norm_backward

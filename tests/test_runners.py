@@ -1,0 +1,132 @@
+"""Runners: a repeated call with the same signature skips the checks its
+signature decides (numbanorm._layout), and must give what a first call gives,
+read its arrays anew every time, and still check what a signature cannot
+cover."""
+
+import numpy as np
+import pytest
+
+import numbanorm as nn
+import reference as ref
+from helpers import RTOL, assert_close, normal
+from numbanorm import _layout
+
+SHAPE = (6, 8, 5, 4)
+C = SHAPE[1]
+
+FORWARD = {
+    "layer": lambda x, w, b: nn.layer_norm(x, w[: x.shape[-1]], b[: x.shape[-1]]),
+    "rms": lambda x, w, b: nn.rms_norm(x, w[: x.shape[-1]]),
+    "group": lambda x, w, b: nn.group_norm(x, 4, w, b),
+    "group_nhwc": lambda x, w, b: nn.group_norm(x, 2, w[: x.shape[-1]], b[: x.shape[-1]], axis=-1),
+    "instance": lambda x, w, b: nn.instance_norm(x, w, b),
+    "weight": lambda x, w, b: nn.weight_norm(x, w[: x.shape[0]]),
+}
+BACKWARD = {
+    "layer": lambda dy, x, s, w: nn.layer_norm_backward(dy, x, s, w[: x.shape[-1]]),
+    "rms": lambda dy, x, s, w: nn.rms_norm_backward(dy, x, s, w[: x.shape[-1]]),
+    "group": lambda dy, x, s, w: nn.group_norm_backward(dy, x, s, w),
+    "group_nhwc": lambda dy, x, s, w: nn.group_norm_backward(dy, x, s, w[: x.shape[-1]], axis=-1),
+    "instance": lambda dy, x, s, w: nn.instance_norm_backward(dy, x, s, w),
+    "weight": lambda dy, x, s, w: nn.weight_norm_backward(dy, x, w[: x.shape[0]], s),
+}
+
+
+def _run(name, x, dy, w, b):
+    y, saved = FORWARD[name](x, w, b)
+    stats = [s for s in saved[:2] if s is not None]
+    return [y, *stats, *[g for g in BACKWARD[name](dy, x, saved, w) if g is not None]]
+
+
+@pytest.mark.parametrize("name", FORWARD)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_repeated_call_reads_new_contents_and_matches_the_full_path(name, dtype, rng):
+    x, dy = normal(rng, SHAPE, dtype, loc=2.0), normal(rng, SHAPE, dtype)
+    w, b = normal(rng, (C,), dtype), normal(rng, (C,), dtype)
+    _layout._runners.clear()
+    _run(name, x, dy, w, b)  # keeps the signature's runners
+    assert _layout._runners
+    # New contents in the same arrays, and new arrays of the same signature:
+    # the runners must read them, not anything from the first call.
+    x[...] = normal(rng, SHAPE, dtype, loc=-1.0)
+    w2, b2 = normal(rng, (C,), dtype), normal(rng, (C,), dtype)
+    got = _run(name, x, dy, w2, b2)
+    # The full path: the same values in F-order arrays, which get no runner.
+    full = _run(name, np.asfortranarray(x), np.asfortranarray(dy), w2, b2)
+    assert len(got) == len(full)
+    for g, f in zip(got, full):
+        assert g.dtype == f.dtype and g.shape == f.shape
+        assert g.tobytes() == f.tobytes()
+
+
+def test_a_repeated_call_matches_the_float64_reference(rng):
+    x = normal(rng, SHAPE, np.float32, loc=3.0)
+    w, b = normal(rng, (C,), np.float32), normal(rng, (C,), np.float32)
+    for _ in range(2):
+        y, _ = nn.group_norm(x, 4, w, b)
+        assert_close(y, ref.group_norm(x, 4, w, b), RTOL[np.float32], "y")
+        w = w * 2.0  # a new weight of the same signature
+        b = b - 1.0
+
+
+@pytest.mark.parametrize(
+    "call, exc, match",
+    [
+        (lambda x, w: nn.layer_norm(x, w[: x.shape[-1]], eps=-1.0), ValueError, "eps must be"),
+        (lambda x, w: nn.rms_norm(x, eps=float("nan")), ValueError, "eps must be"),
+        (lambda x, w: nn.group_norm(x, 4, w, eps=-1.0), ValueError, "eps must be"),
+        (lambda x, w: nn.instance_norm(x, w, eps="1"), TypeError, "eps must be"),
+        (lambda x, w: nn.group_norm(x, 4.0, w), TypeError, "num_groups must be an int"),
+        (lambda x, w: nn.group_norm(np.ones(SHAPE), True, np.ones(C)), TypeError, "num_groups"),
+        (lambda x, w: nn.group_norm(x, 4, w, axis=1.0), TypeError, "axis must be an int"),
+        (lambda x, w: nn.weight_norm(x, w[: x.shape[0]], axis=0.0), TypeError, "axis must be an int"),
+        (lambda x, w: nn.layer_norm(x, list(w[: x.shape[-1]])), None, None),
+    ],
+    ids=["ln eps", "rms eps", "gn eps", "in eps", "float groups", "bool groups", "float axis",
+         "wn float axis", "list weight"],
+)
+def test_a_signature_seen_before_still_checks_what_it_cannot_cover(call, exc, match, rng):
+    x = normal(rng, SHAPE, np.float32)
+    w = normal(rng, (C,), np.float32)
+    for warm in (
+        lambda: nn.layer_norm(x, w[: x.shape[-1]]),
+        lambda: nn.rms_norm(x),
+        lambda: nn.group_norm(x, 4, w),
+        lambda: nn.group_norm(np.ones(SHAPE), 1, np.ones(C)),
+        lambda: nn.instance_norm(x, w),
+        lambda: nn.weight_norm(x, w[: x.shape[0]]),
+    ):
+        warm()
+    if exc is None:  # a list is converted on the full path, and gets no runner
+        y, _ = call(x, w)
+        expected, _ = nn.layer_norm(x, w[: x.shape[-1]])
+        assert y.tobytes() == expected.tobytes()
+        return
+    with pytest.raises(exc, match=match):
+        call(x, w)
+
+
+@pytest.mark.parametrize("name", FORWARD)
+def test_saved_statistics_are_checked_on_every_call(name, rng):
+    x, dy = normal(rng, SHAPE, np.float32), normal(rng, SHAPE, np.float32)
+    w, b = normal(rng, (C,), np.float32), normal(rng, (C,), np.float32)
+    _, saved = FORWARD[name](x, w, b)
+    BACKWARD[name](dy, x, saved, w)  # the runner exists now
+    rstd = saved.rstd
+    wrong = saved._replace(rstd=rstd.reshape(-1)[:-1])
+    with pytest.raises(ValueError, match="saved"):
+        BACKWARD[name](dy, x, wrong, w)
+    if saved.mean is not None:
+        wrong_mean = saved._replace(mean=saved.mean.reshape(-1)[:-1])
+        with pytest.raises(ValueError, match="saved.mean"):
+            BACKWARD[name](dy, x, wrong_mean, w)
+
+
+def test_the_runners_kept_are_bounded(rng):
+    _layout._runners.clear()
+    for length in range(1, _layout.RUNNERS_MAX + 20):
+        nn.layer_norm(np.ones((2, length), np.float32))
+    assert len(_layout._runners) == _layout.RUNNERS_MAX
+    # The oldest went first: the last shape's runner is kept.
+    y, _ = nn.layer_norm(np.arange(2.0 * 3).reshape(2, 3))
+    assert_close(y, ref.layer_norm(np.arange(2.0 * 3).reshape(2, 3)), RTOL[np.float64], "y")
