@@ -28,7 +28,7 @@ coefficient instead, see :func:`_affine_coefficients`).
 import numpy as np
 from numba import prange
 
-from .._jit import aligned_empty, aligned_zeros, cast_like, helper, kernel, split_like
+from .._jit import aligned_empty, aligned_zeros, cast_like, helper, kernel, muladd, split_like
 
 #: Channels-last reductions fold this many rows together in float64 registers
 #: before updating the per-channel sums, so the sums are loaded and stored once
@@ -73,7 +73,7 @@ def _add_moments(x, n, p, p_stop, sh, s1, s2):
                     d0 = np.float64(xc[r, c]) - s
                     d1 = np.float64(xc[r + 1, c]) - s
                     s1[c] += d0 + d1
-                    s2[c] += d0 * d0 + d1 * d1
+                    s2[c] += muladd(d0, d0, d1 * d1)
                 r += 2
         else:
             while r + ROW_BLOCK <= xc.shape[0]:
@@ -107,7 +107,7 @@ def _run_moments(xr, s):
     for q in range(xr.shape[0]):
         d = np.float64(xr[q]) - s
         a1 += d
-        a2 += d * d
+        a2 = muladd(d, d, a2)
     return a1, a2
 
 
@@ -168,7 +168,7 @@ def _affine(x, y, n, p_start, p_stop, hi, a, b):
     yc = _rows(y, n, p_start, p_stop)
     for p in range(xc.shape[0]):
         for c in range(xc.shape[1]):
-            yc[p, c] = (xc[p, c] - hi[c]) * a[c] + b[c]
+            yc[p, c] = muladd(xc[p, c] - hi[c], a[c], b[c])
 
 
 @helper
@@ -291,7 +291,7 @@ def _affine_group_runs(x, y, n, p, g, cg, mu, rs, weight, bias):
         a = cast_like(x, rs * weight[c0 + c])
         b = cast_like(x, bias[c0 + c] - l64 * np.float64(a))
         for q in range(xg.shape[1]):
-            yg[c, q] = (xg[c, q] - h) * a + b
+            yg[c, q] = muladd(xg[c, q] - h, a, b)
 
 
 @helper

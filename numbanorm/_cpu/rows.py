@@ -13,7 +13,7 @@ runs at float32 vector width.
 import numpy as np
 from numba import prange
 
-from .._jit import cast_like, helper, kernel, split_like
+from .._jit import cast_like, helper, kernel, muladd, split_like
 
 #: Rows whose parameter-gradient terms are added together (see row_backward).
 PARAM_ROWS = 4
@@ -39,7 +39,7 @@ def row_forward(x, weight, bias, eps, center, y, mean, rstd):
         for j in range(n):
             d = np.float64(x[r, j]) - shift
             s1 += d
-            s2 += d * d
+            s2 = muladd(d, d, s2)
         m = s1 / n
         if center:
             var = s2 / n - m * m
@@ -55,7 +55,7 @@ def row_forward(x, weight, bias, eps, center, y, mean, rstd):
         hi, lo = split_like(x, mu)
         rs_x = cast_like(x, rs)
         for j in range(n):
-            y[r, j] = ((x[r, j] - hi) - lo) * rs_x * weight[j] + bias[j]
+            y[r, j] = muladd(((x[r, j] - hi) - lo) * rs_x, weight[j], bias[j])
 
 
 @helper(inline=True)
