@@ -5,10 +5,9 @@ import numbers
 
 import numpy as np
 
-from ._buffers import empty as new_output
 from ._layout import (
-    _runners,
     as_array,
+    backward,
     as_input,
     channel_view,
     check_eps,
@@ -18,14 +17,14 @@ from ._layout import (
     check_stats,
     compute_dtype,
     engine_for,
-    flat,
-    keep_runner,
+    forward,
     normalize_axis,
     param_grads,
     param_grads_maker,
+    param_key,
     require_nonempty_reduction,
     result_dtype,
-    param_key,
+    runners,
     shares_memory,
     writeable,
 )
@@ -246,7 +245,7 @@ def _grouped_forward(x, groups, weight, bias, axis, eps, out, per_channel):
             "grouped forward", per_channel, groups, axis, x.shape, x.dtype, x.flags.c_contiguous,
             param_key(weight), param_key(bias),
         )
-        run = _runners.get(key)
+        run = runners.get(key)
         if run is not None:
             return run(x, weight, bias, check_eps(eps))
     x, device, result, dtype, w, b, view = _prepare(x, axis, weight, bias, batched=True)
@@ -263,22 +262,11 @@ def _grouped_forward(x, groups, weight, bias, axis, eps, out, per_channel):
         out = check_out(out, view.shape, result, {"x": x, "weight": w, "bias": b}, device=device)
     steps = engine.sample_forward_steps(view.kshape, groups)
     has_bias = bias is not None
-    shape, kshape = view.shape, view.kshape
-    if flat(key, x, view, dtype, result):
 
-        def run(x, w, b, eps):
-            xk = x.reshape(kshape)  # engine.to_kernel and engine.output, the steps that apply
-            xk.flags.writeable = False
-            y = new_output(shape, dtype)
-            mean, rstd = steps(xk, w, b, eps, y.reshape(kshape))
-            return y, NormStats(mean, rstd, True, has_bias)
+    def saved(mean, rstd):
+        return NormStats(mean, rstd, True, has_bias)
 
-        return keep_runner(key, run)(x, w, b, eps)
-
-    xk = engine.to_kernel(view, x, dtype)
-    yk, finish = engine.output(view, dtype, result, out)
-    mean, rstd = steps(xk, w, b, eps, yk)
-    return finish(), NormStats(mean, rstd, True, has_bias)
+    return forward(key, engine, view, dtype, result, steps, saved, x, w, b, eps, out)
 
 
 def _grouped_backward(dy, x, saved, weight, axis, per_channel):
@@ -292,7 +280,7 @@ def _grouped_backward(dy, x, saved, weight, axis, per_channel):
             x.dtype, x.flags.c_contiguous, dy.shape, dy.dtype, dy.flags.c_contiguous,
             param_key(weight),
         )
-        run = _runners.get(key)
+        run = runners.get(key)
         if run is not None:
             return run(dy, x, saved, weight)
     x, device, result, dtype, w, _, view = _prepare(x, axis, weight, None, batched=True)
@@ -312,30 +300,13 @@ def _grouped_backward(dy, x, saved, weight, axis, per_channel):
     has_bias = bool(saved.has_bias)
     steps = engine.sample_backward_steps(view.kshape, groups, weight is not None or has_bias)
     grads = param_grads_maker(engine, w, has_bias, result, (channels,))
-    shape, kshape, stat_shape = view.shape, view.kshape, (n, groups)
+    stat_shape = (n, groups)
 
     def statistics(saved):
         mean = check_stats(saved.mean, stat_shape, "saved.mean", engine, device)
         return mean, check_stats(saved.rstd, stat_shape, "saved.rstd", engine, device)
 
-    if flat(key, x, view, dtype, result) and dy.flags.c_contiguous:
-
-        def run(dy, x, saved, w):
-            mean, rstd = statistics(saved)
-            dyk = dy.reshape(kshape)  # engine.to_kernel and engine.output, the steps that apply
-            dyk.flags.writeable = False
-            xk = x.reshape(kshape)
-            xk.flags.writeable = False
-            dx = new_output(shape, dtype)
-            return (dx, *grads(*steps(dyk, xk, mean, rstd, w, dx.reshape(kshape))))
-
-        return keep_runner(key, run)(dy, x, saved, w)
-    mean, rstd = statistics(saved)
-    dxk, finish = engine.output(view, dtype, result, None)
-    dw, db = steps(
-        engine.to_kernel(view, dy, dtype), engine.to_kernel(view, x, dtype), mean, rstd, w, dxk
-    )
-    return (finish(), *grads(dw, db))
+    return backward(key, engine, view, dtype, result, steps, statistics, grads, dy, x, saved, w)
 
 
 def group_norm(x, num_groups, weight=None, bias=None, *, axis=1, eps=1e-5, out=None):

@@ -391,9 +391,9 @@ def require_nonempty_reduction(count, what, *args):
 # What a key cannot cover is checked on every call: ``eps``, and the saved
 # statistics a backward pass gets.
 
-#: At most this many runners are kept (the oldest dropped first).
+#: The runners, by key; at most :data:`RUNNERS_MAX` (the oldest dropped first).
 RUNNERS_MAX = 256
-_runners = {}
+runners = {}
 _runners_lock = threading.Lock()
 #: The key part of an argument that gives its call no runner.
 NO_KEY = object()
@@ -423,10 +423,61 @@ def flat(key, x, view, dtype, result):
 def keep_runner(key, run):
     """Keep ``run`` for ``key``; returns ``run``."""
     with _runners_lock:  # another thread's insertion would break the iteration
-        if len(_runners) >= RUNNERS_MAX:
-            del _runners[next(iter(_runners))]
-        _runners[key] = run
+        if len(runners) >= RUNNERS_MAX:
+            del runners[next(iter(runners))]
+        runners[key] = run
     return run
+
+
+def forward(key, engine, view, dtype, result, steps, saved, x, w, b, eps, out):
+    """The end of a checked forward call of a row or channel norm: ``steps``
+    (``engine.*_steps``) on the kernel views of ``x`` and of the output,
+    ``saved(mean, rstd)`` for what the caller gets back. For a host call
+    that :func:`flat` allows, a runner kept under ``key`` does it, this call
+    first."""
+    if flat(key, x, view, dtype, result):
+        shape, kshape = view.shape, view.kshape
+
+        def run(x, w, b, eps):
+            xk = x.reshape(kshape)  # engine.to_kernel and engine.output, the steps that apply
+            xk.flags.writeable = False
+            y = _buffers.empty(shape, dtype)
+            return y, saved(*steps(xk, w, b, eps, y.reshape(kshape)))
+
+        return keep_runner(key, run)(x, w, b, eps)
+    xk = engine.to_kernel(view, x, dtype)
+    yk, finish = engine.output(view, dtype, result, out)
+    stats = saved(*steps(xk, w, b, eps, yk))
+    return finish(), stats
+
+
+def backward(key, engine, view, dtype, result, steps, statistics, grads, dy, x, saved, w):
+    """The end of a checked backward call of a row or channel norm:
+    ``statistics(saved)`` checks the saved statistics (on every call) and
+    gives them as kernel arguments, ``steps`` runs on the kernel views of
+    ``dy``, ``x`` and ``dx``, and ``grads`` makes the parameter gradients
+    the caller gets back. For a host call that :func:`flat` allows (``dy``
+    C-contiguous too), a runner kept under ``key`` does it, this call
+    first."""
+    if flat(key, x, view, dtype, result) and dy.flags.c_contiguous:
+        shape, kshape = view.shape, view.kshape
+
+        def run(dy, x, saved, w):
+            mean, rstd = statistics(saved)
+            dyk = dy.reshape(kshape)  # engine.to_kernel and engine.output, the steps that apply
+            dyk.flags.writeable = False
+            xk = x.reshape(kshape)
+            xk.flags.writeable = False
+            dx = _buffers.empty(shape, dtype)
+            return (dx, *grads(*steps(dyk, xk, mean, rstd, w, dx.reshape(kshape))))
+
+        return keep_runner(key, run)(dy, x, saved, w)
+    mean, rstd = statistics(saved)
+    dxk, finish = engine.output(view, dtype, result, None)
+    dw, db = steps(
+        engine.to_kernel(view, dy, dtype), engine.to_kernel(view, x, dtype), mean, rstd, w, dxk
+    )
+    return (finish(), *grads(dw, db))
 
 
 def param_grads_maker(engine, weight, has_bias, result, shape):

@@ -2,10 +2,9 @@
 
 import numpy as np
 
-from ._buffers import empty as new_output
 from ._layout import (
-    _runners,
     as_input,
+    backward,
     check_eps,
     check_like,
     check_out,
@@ -13,14 +12,14 @@ from ._layout import (
     check_stats,
     compute_dtype,
     engine_for,
-    flat,
-    keep_runner,
+    forward,
     normalize_axes,
     param_grads_maker,
     param_key,
     require_nonempty_reduction,
     result_dtype,
     row_view,
+    runners,
 )
 from ._types import NormStats
 
@@ -44,7 +43,7 @@ def _forward(x, weight, bias, axis, eps, out, center):
             "row forward", center, axis, x.shape, x.dtype, x.flags.c_contiguous,
             param_key(weight), param_key(bias),
         )
-        run = _runners.get(key)
+        run = runners.get(key)
         if run is not None:
             return run(x, weight, bias, check_eps(eps))
     x, device, result, dtype, _, w, b, view, stat_shape = _prepare(x, axis, weight, bias)
@@ -53,7 +52,6 @@ def _forward(x, weight, bias, axis, eps, out, center):
     if out is not None:
         out = check_out(out, view.shape, result, {"x": x, "weight": w, "bias": b}, device=device)
     steps = engine.row_forward_steps(view.kshape, dtype, center)
-    shape, kshape = view.shape, view.kshape
     has_bias = bias is not None
 
     def saved(mean, rstd):
@@ -61,19 +59,7 @@ def _forward(x, weight, bias, axis, eps, out, center):
             mean, rstd = mean.reshape(stat_shape), rstd.reshape(stat_shape)
         return NormStats(mean if center else None, rstd, True, has_bias)
 
-    if flat(key, x, view, dtype, result):
-
-        def run(x, w, b, eps):
-            xk = x.reshape(kshape)  # engine.to_kernel and engine.output, the steps that apply
-            xk.flags.writeable = False
-            y = new_output(shape, dtype)
-            return y, saved(*steps(xk, w, b, eps, y.reshape(kshape)))
-
-        return keep_runner(key, run)(x, w, b, eps)
-    xk = engine.to_kernel(view, x, dtype)
-    yk, finish = engine.output(view, dtype, result, out)
-    stats = saved(*steps(xk, w, b, eps, yk))
-    return finish(), stats
+    return forward(key, engine, view, dtype, result, steps, saved, x, w, b, eps, out)
 
 
 def _backward(dy, x, saved, weight, axis, center, has_bias):
@@ -83,7 +69,7 @@ def _backward(dy, x, saved, weight, axis, center, has_bias):
             "row backward", center, has_bias, axis, x.shape, x.dtype, x.flags.c_contiguous,
             dy.shape, dy.dtype, dy.flags.c_contiguous, param_key(weight),
         )
-        run = _runners.get(key)
+        run = runners.get(key)
         if run is not None:
             return run(dy, x, saved, weight)
     x, device, result, dtype, pshape, w, _, view, stat_shape = _prepare(x, axis, weight, None)
@@ -94,7 +80,6 @@ def _backward(dy, x, saved, weight, axis, center, has_bias):
         view.kshape, dtype, center, weight is not None or has_bias,
         w.dtype if w is not None else None,
     )
-    shape, kshape = view.shape, view.kshape
     grads = param_grads_maker(engine, w, has_bias, result, pshape)
 
     def statistics(saved):
@@ -105,24 +90,7 @@ def _backward(dy, x, saved, weight, axis, center, has_bias):
             mean = engine.zeros(rows)
         return mean, rstd
 
-    if flat(key, x, view, dtype, result) and dy.flags.c_contiguous:
-
-        def run(dy, x, saved, w):
-            mean, rstd = statistics(saved)
-            dyk = dy.reshape(kshape)  # engine.to_kernel and engine.output, the steps that apply
-            dyk.flags.writeable = False
-            xk = x.reshape(kshape)
-            xk.flags.writeable = False
-            dx = new_output(shape, dtype)
-            return (dx, *grads(*steps(dyk, xk, mean, rstd, w, dx.reshape(kshape))))
-
-        return keep_runner(key, run)(dy, x, saved, w)
-    mean, rstd = statistics(saved)
-    dxk, finish = engine.output(view, dtype, result, None)
-    dw, db = steps(
-        engine.to_kernel(view, dy, dtype), engine.to_kernel(view, x, dtype), mean, rstd, w, dxk
-    )
-    return (finish(), *grads(dw, db))
+    return backward(key, engine, view, dtype, result, steps, statistics, grads, dy, x, saved, w)
 
 
 def layer_norm(x, weight=None, bias=None, *, axis=-1, eps=1e-5, out=None):

@@ -6,7 +6,6 @@ import numpy as np
 
 from ._buffers import empty as new_output
 from ._layout import (
-    _runners,
     as_array,
     as_input,
     check_like,
@@ -19,6 +18,7 @@ from ._layout import (
     normalize_axis,
     param_grad_dtype,
     row_view,
+    runners,
 )
 from ._types import NormStats
 
@@ -93,7 +93,7 @@ def weight_norm(v, g, *, axis=0):
     key = None
     if type(v) is np.ndarray and type(g) is np.ndarray and (axis is None or type(axis) is int):
         key = ("weight forward", axis, v.shape, v.dtype, v.flags.c_contiguous, g.shape, g.dtype)
-        run = _runners.get(key)
+        run = runners.get(key)
         if run is not None:
             return run(v, g)
     v, engine, _, result, dtype, g, view, stat_shape = _prepare(v, g, axis)
@@ -156,7 +156,7 @@ def weight_norm_backward(dw, v, g, saved, *, axis=0):
             "weight backward", axis, v.shape, v.dtype, v.flags.c_contiguous, g.shape, g.dtype,
             dw.shape, dw.dtype, dw.flags.c_contiguous,
         )
-        run = _runners.get(key)
+        run = runners.get(key)
         if run is not None:
             return run(dw, v, g, saved)
     v, engine, device, result, dtype, g, view, stat_shape = _prepare(v, g, axis)

@@ -43,9 +43,9 @@ def _run(name, x, dy, w, b):
 def test_a_repeated_call_reads_new_contents_and_matches_the_full_path(name, dtype, rng):
     x, dy = normal(rng, SHAPE, dtype, loc=2.0), normal(rng, SHAPE, dtype)
     w, b = normal(rng, (C,), dtype), normal(rng, (C,), dtype)
-    _layout._runners.clear()
+    _layout.runners.clear()
     _run(name, x, dy, w, b)  # keeps the signature's runners
-    assert _layout._runners
+    assert _layout.runners
     # New contents in the same arrays, and new arrays of the same signature:
     # the runners must read them, not anything from the first call.
     x[...] = normal(rng, SHAPE, dtype, loc=-1.0)
@@ -123,10 +123,10 @@ def test_saved_statistics_are_checked_on_every_call(name, rng):
 
 
 def test_the_runners_kept_are_bounded(rng):
-    _layout._runners.clear()
+    _layout.runners.clear()
     for length in range(1, _layout.RUNNERS_MAX + 20):
         nn.layer_norm(np.ones((2, length), np.float32))
-    assert len(_layout._runners) == _layout.RUNNERS_MAX
+    assert len(_layout.runners) == _layout.RUNNERS_MAX
     # The oldest went first: the last shape's runner is kept.
     y, _ = nn.layer_norm(np.arange(2.0 * 3).reshape(2, 3))
     assert_close(y, ref.layer_norm(np.arange(2.0 * 3).reshape(2, 3)), RTOL[np.float64], "y")
