@@ -19,8 +19,11 @@ arrays are built on the host.
 
 A norm's pass is a ``*_steps`` function of the kernel shape (and dtypes,
 settings): it works out once what they decide (work split, kernel, scratch
-shapes) and returns the steps a call runs. The public functions ask for
-them once per call signature (see the runners in :mod:`numbanorm._layout`).
+shapes) and returns the steps a call runs, ``steps(xk, yk, *params)`` forward
+and ``steps(dyk, xk, dxk, stats, *params)`` backward, ``stats`` the saved
+statistics as the forward steps returned them. The public functions ask for
+them once per call signature (see the runners in :mod:`numbanorm._layout`);
+the CUDA engine has the same ones.
 """
 
 import functools
@@ -89,15 +92,6 @@ def coefficients(a, dtype=np.float64):
 def to_kernel(view, a, dtype):
     """``a`` (shaped like x) as a C-contiguous, read-only kernel array."""
     return view.to_kernel(a, dtype)
-
-
-def read_only(a, kshape):
-    """A read-only view of the C-contiguous ``a`` in shape ``kshape``: no
-    compiled kernel writes to its inputs, and one specialization serves
-    writeable and read-only inputs alike."""
-    k = a.reshape(kshape)
-    k.flags.writeable = False
-    return k
 
 
 def output(view, dtype, result, out):
@@ -178,24 +172,20 @@ def _group_total(per_channel, groups):
 @functools.lru_cache(maxsize=256)
 def row_forward_steps(kshape, dtype, center):
     """Layer norm (``center``) or RMS norm of each row, for kernel arrays of
-    shape ``kshape`` and ``dtype``, with what they decide worked out once:
-    ``steps(xk, weight, bias, eps, yk) -> (mean, rstd)`` writes ``yk``.
-
-    Every engine function that a public function calls once per signature
-    ends in ``_steps`` (see the runners in :mod:`numbanorm._layout`); the
-    CUDA engine has the same ones."""
+    shape ``kshape`` and ``dtype``: ``steps(xk, yk, weight, bias, eps) ->
+    (mean, rstd)`` writes ``yk``."""
     rows, length = kshape
     kernel = backend.row_forward
     elements = rows * length
-    ones, zeros = np.ones(length, dtype), np.zeros(length, dtype)  # the kernel only reads them
     new_stats = _buffers.stats_maker((rows,))
+    ones, zeros = np.ones(length, dtype), np.zeros(length, dtype)  # the kernel only reads them
 
-    def steps(xk, weight, bias, eps, yk):
+    def steps(xk, yk, weight, bias, eps):
         mean = new_stats((rows,))
         rstd = new_stats((rows,))
         kernel.for_size(elements)(
-            xk, ones if weight is None else coefficients(_flat(weight), dtype),
-            zeros if bias is None else coefficients(_flat(bias), dtype), eps, center, yk, mean, rstd,
+            xk, _row_param(weight, ones, dtype), _row_param(bias, zeros, dtype), eps, center, yk,
+            mean, rstd,
         )
         return mean, rstd
 
@@ -206,7 +196,7 @@ def row_forward_steps(kshape, dtype, center):
 def row_backward_steps(kshape, dtype, center, param_grads, weight_dtype):
     """Backward of :func:`row_forward_steps` for kernel arrays of shape
     ``kshape`` and ``dtype`` and a weight of ``weight_dtype`` (None without
-    one): ``steps(dyk, xk, mean, rstd, weight, dxk) -> (dweight, dbias)``
+    one): ``steps(dyk, xk, dxk, (mean, rstd), weight) -> (dweight, dbias)``
     writes dx into ``dxk`` and returns the float64 sums stored in the
     weight's dtype when that is float32 or float64 (or Nones)."""
     rows, length = kshape
@@ -223,14 +213,15 @@ def row_backward_steps(kshape, dtype, center, param_grads, weight_dtype):
     else:
         grad_dtype = np.dtype(np.float64)
 
-    def steps(dyk, xk, mean, rstd, weight, dxk):
+    def steps(dyk, xk, dxk, stats, weight):
+        mean, rstd = stats
         dw_part = _buffers.scratch("dw_part", part_shape)
         db_part = _buffers.scratch("db_part", part_shape)
         dweight = np.empty(part_shape[1], grad_dtype)
         dbias = np.empty(part_shape[1], grad_dtype)
         kernel.for_size(elements)(
             dyk, xk, coefficients(mean), coefficients(rstd),
-            ones if weight is None else coefficients(_flat(weight), dtype), center, param_grads,
+            _row_param(weight, ones, dtype), center, param_grads,
             rows_per_block, dxk, dw_part, db_part, dweight, dbias,
         )
         if not param_grads:
@@ -244,8 +235,18 @@ def row_backward_steps(kshape, dtype, center, param_grads, weight_dtype):
 
 
 def _param(p, channels, fill):
-    """A per-channel parameter as a float64 kernel argument (``fill`` if None)."""
-    return coefficients(p.reshape(-1) if p is not None else np.full(channels, fill))
+    """A per-channel parameter (a checked ``(C,)`` array, or None) as a new
+    float64 kernel argument; ``fill`` (a value, or the array to pass) if None."""
+    if p is not None:
+        return p.astype(np.float64)
+    return fill if isinstance(fill, np.ndarray) else np.full(channels, fill)
+
+
+def _row_param(p, fill, dtype):
+    """A row parameter (a checked array of the row's shape, or None) as a
+    kernel argument of ``dtype``; ``fill`` (an array of the row's length) if
+    None."""
+    return coefficients(_flat(p), dtype) if p is not None else fill
 
 
 def _moment_parts(xk, groups, center):
@@ -355,7 +356,7 @@ def group_backward(dyk, xk, mean, rstd, weight, batch_stats, param_grads, dxk):
 @functools.lru_cache(maxsize=256)
 def sample_forward_steps(kshape, groups):
     """Group/instance norm forward for kernel arrays of shape ``kshape``:
-    ``steps(xk, weight, bias, eps, yk) -> (mean, rstd)``, statistics per
+    ``steps(xk, yk, weight, bias, eps) -> (mean, rstd)``, statistics per
     ``(n, group)`` from ``x`` itself (float64, ``(N, G)``), then the affine
     map into ``yk``.
 
@@ -365,7 +366,7 @@ def sample_forward_steps(kshape, groups):
     """
     n, _, c, _ = kshape
     if n < SAMPLE_KERNEL_MIN_N:
-        def chunked(xk, weight, bias, eps, yk):
+        def chunked(xk, yk, weight, bias, eps):
             mean, var = group_moments(xk, groups)
             rstd = rstd_of(var, eps)
             group_apply(xk, mean, rstd, weight, bias, yk)
@@ -376,17 +377,15 @@ def sample_forward_steps(kshape, groups):
     kernel = backend.sample_norm_forward
     elements = math.prod(kshape)
     stat_shape = (n, groups)
+    new_stats = _buffers.stats_maker(stat_shape)
     ones, zeros = np.ones(c), np.zeros(c)  # the kernel only reads them
 
-    new_stats = _buffers.stats_maker(stat_shape)
-
-    def fused(xk, weight, bias, eps, yk):
+    def fused(xk, yk, weight, bias, eps):
         mean = new_stats(stat_shape)
         rstd = new_stats(stat_shape)
         kernel.for_size(elements)(
-            xk, groups, ones if weight is None else weight.astype(np.float64),
-            zeros if bias is None else bias.astype(np.float64), eps, samples_per_task, yk,
-            mean, rstd,
+            xk, groups, _param(weight, c, ones), _param(bias, c, zeros), eps, samples_per_task,
+            yk, mean, rstd,
         )
         return mean, rstd
 
@@ -396,13 +395,13 @@ def sample_forward_steps(kshape, groups):
 @functools.lru_cache(maxsize=256)
 def sample_backward_steps(kshape, groups, param_grads):
     """Backward of :func:`sample_forward_steps` for kernel arrays of shape
-    ``kshape`` and statistics of ``groups`` groups: ``steps(dyk, xk, mean,
-    rstd, weight, dxk) -> (dweight, dbias)`` writes dx into ``dxk`` and
+    ``kshape`` and statistics of ``groups`` groups: ``steps(dyk, xk, dxk,
+    (mean, rstd), weight) -> (dweight, dbias)`` writes dx into ``dxk`` and
     returns float64 sums (or Nones)."""
     n, p, c, q = kshape
     if n < SAMPLE_KERNEL_MIN_N:
-        def chunked(dyk, xk, mean, rstd, weight, dxk):
-            return group_backward(dyk, xk, mean, rstd, weight, True, param_grads, dxk)
+        def chunked(dyk, xk, dxk, stats, weight):
+            return group_backward(dyk, xk, *stats, weight, True, param_grads, dxk)
 
         return chunked
     samples_per_block, nblocks = _blocks(n, SAMPLE_BLOCKS)
@@ -414,13 +413,13 @@ def sample_backward_steps(kshape, groups, param_grads):
     elements = math.prod(kshape)
     ones = np.ones(c)  # the kernel only reads it
 
-    def fused(dyk, xk, mean, rstd, weight, dxk):
+    def fused(dyk, xk, dxk, stats, weight):
+        mean, rstd = stats
         sum_dy = _buffers.scratch("sum_dy", part_shape)
         sum_dy_xhat = _buffers.scratch("sum_dy_xhat", part_shape)
         kernel.for_size(elements)(
             dyk, xk, coefficients(mean), coefficients(rstd),
-            ones if weight is None else weight.astype(np.float64), samples_per_block, sum_dy,
-            sum_dy_xhat, dxk,
+            _param(weight, c, ones), samples_per_block, sum_dy, sum_dy_xhat, dxk,
         )
         if not param_grads:
             return None, None
@@ -445,7 +444,7 @@ def _magnitude(g):
 
 @functools.lru_cache(maxsize=256)
 def weight_norm_forward_steps(kshape):
-    """Weight norm for kernel arrays of shape ``kshape``: ``steps(vk, g, wk)
+    """Weight norm for kernel arrays of shape ``kshape``: ``steps(vk, wk, g)
     -> rstd`` writes ``w = g[r] * v / ||v[r]||`` per row into ``wk`` and
     returns float64 ``1/||v||``."""
     rows, length = kshape
@@ -454,7 +453,7 @@ def weight_norm_forward_steps(kshape):
     elements = rows * length
     new_stats = _buffers.stats_maker((rows,))
 
-    def steps(vk, g, wk):
+    def steps(vk, wk, g):
         rstd = new_stats((rows,))
         kernel.for_size(elements)(vk, _magnitude(g), rows_per_task, wk, rstd)
         return rstd
@@ -464,14 +463,14 @@ def weight_norm_forward_steps(kshape):
 
 @functools.lru_cache(maxsize=256)
 def weight_norm_backward_steps(kshape):
-    """Backward of :func:`weight_norm_forward_steps`: ``steps(dwk, vk, g,
-    rstd, dvk) -> dg`` writes dv into ``dvk`` and returns float64 ``dg`` per
+    """Backward of :func:`weight_norm_forward_steps`: ``steps(dwk, vk, dvk,
+    rstd, g) -> dg`` writes dv into ``dvk`` and returns float64 ``dg`` per
     row."""
     rows, length = kshape
     kernel = backend.row_scale_backward
     elements = rows * length
 
-    def steps(dwk, vk, g, rstd, dvk):
+    def steps(dwk, vk, dvk, rstd, g):
         dg = np.empty(rows)
         kernel.for_size(elements)(dwk, vk, _magnitude(g), coefficients(rstd), dvk, dg)
         return dg

@@ -263,10 +263,10 @@ def _grouped_forward(x, groups, weight, bias, axis, eps, out, per_channel):
     steps = engine.sample_forward_steps(view.kshape, groups)
     has_bias = bias is not None
 
-    def saved(mean, rstd):
-        return NormStats(mean, rstd, True, has_bias)
+    def saved(stats):
+        return NormStats(*stats, True, has_bias)
 
-    return forward(key, engine, view, dtype, result, steps, saved, x, w, b, eps, out)
+    return forward(key, engine, view, dtype, result, steps, saved, x, (w, b, eps), out)
 
 
 def _grouped_backward(dy, x, saved, weight, axis, per_channel):
@@ -306,7 +306,7 @@ def _grouped_backward(dy, x, saved, weight, axis, per_channel):
         mean = check_stats(saved.mean, stat_shape, "saved.mean", engine, device)
         return mean, check_stats(saved.rstd, stat_shape, "saved.rstd", engine, device)
 
-    return backward(key, engine, view, dtype, result, steps, statistics, grads, dy, x, saved, w)
+    return backward(key, engine, view, dtype, result, steps, statistics, grads, dy, x, saved, (w,))
 
 
 def group_norm(x, num_groups, weight=None, bias=None, *, axis=1, eps=1e-5, out=None):

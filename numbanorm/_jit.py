@@ -36,9 +36,10 @@ once:
   takes a sum of its products as a reduction, and the code generator
   decides whether to fuse it from the target, not from the code around it:
   a process that compiles the kernels and one that loads them get the same
-  bits (``tests/test_contract.py``). (``llvm.fma`` left the loop scalar.) In the row forward kernel's sum of squares and last multiply-add
-  that won back most of it: layer norm 64x4096 forward 8%, RMS norm 12%,
-  65536x128 8% faster than without.
+  bits (``tests/test_contract.py``); ``llvm.fma`` left the loop scalar. In
+  the row forward kernel's sum of squares and last multiply-add that won
+  back most of it: layer norm 64x4096 forward 8%, RMS norm 12%, 65536x128
+  8% faster than without.
 * ``error_model="numpy"``: division by zero gives inf/nan as NumPy does,
   instead of raising inside a kernel.
 * idle kernel threads sleep instead of spinning: ``OMP_WAIT_POLICY=PASSIVE``
@@ -197,7 +198,6 @@ def muladd(typingctx, a, b, c):
         return builder.call(builder.module.declare_intrinsic("llvm.fmuladd", [ty], fnty), args)
 
     return a(a, b, c), codegen
-
 
 
 def helper(func=None, *, inline=False):

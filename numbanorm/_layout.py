@@ -211,7 +211,7 @@ def param_grads(engine, dweight, dbias, weight, has_bias, result, shape):
     """Affine-parameter gradients as returned to the caller: new arrays shaped
     ``shape``, in the weight's dtype (the result's without a weight), ``None``
     for a parameter the forward pass did not have."""
-    return param_grads_maker(engine, weight, has_bias, result, shape)(dweight, dbias)
+    return param_grads_maker(engine, weight, has_bias, result, shape)((dweight, dbias))
 
 
 def _param_grad(engine, grad, dtype, shape):
@@ -296,7 +296,7 @@ class View(NamedTuple):
         """
         if not (self.identity and a.dtype == dtype and a.flags.c_contiguous):
             a = np.ascontiguousarray(a.transpose(self.perm) if not self.identity else a, dtype)
-        return _engine.read_only(a, self.kshape)
+        return read_only(a, self.kshape)
 
     def output(self, dtype, result, out):
         """A kernel-shaped buffer to write into, and a function giving the result.
@@ -323,6 +323,15 @@ class View(NamedTuple):
             return y if result == dtype else y.astype(result)
 
         return buf.reshape(self.kshape), finish
+
+
+def read_only(a, kshape):
+    """A read-only view of the C-contiguous ``a`` in shape ``kshape``: no
+    compiled kernel writes to its inputs, and one specialization serves
+    writeable and read-only inputs alike."""
+    k = a.reshape(kshape)
+    k.flags.writeable = False
+    return k
 
 
 def _view(shape, perm, kshape):
@@ -429,64 +438,61 @@ def keep_runner(key, run):
     return run
 
 
-def forward(key, engine, view, dtype, result, steps, saved, x, w, b, eps, out):
-    """The end of a checked forward call of a row or channel norm: ``steps``
-    (``engine.*_steps``) on the kernel views of ``x`` and of the output,
-    ``saved(mean, rstd)`` for what the caller gets back. For a host call
-    that :func:`flat` allows, a runner kept under ``key`` does it, this call
-    first."""
+def forward(key, engine, view, dtype, result, steps, saved, x, params, out):
+    """The end of a checked forward call: ``steps(xk, yk, *params)``
+    (``engine.*_steps``) on the kernel views of ``x`` and of the output, and
+    ``saved`` of what it returns for the caller. For a host call that
+    :func:`flat` allows, a runner ``run(x, *params)`` kept under ``key``
+    does it, this call first: ``x`` reshaped, a new output, the steps of
+    ``to_kernel`` and ``output`` that apply."""
     if flat(key, x, view, dtype, result):
         shape, kshape = view.shape, view.kshape
 
-        def run(x, w, b, eps):
-            xk = x.reshape(kshape)  # engine.to_kernel and engine.output, the steps that apply
-            xk.flags.writeable = False
+        def run(x, *params):
             y = _buffers.empty(shape, dtype)
-            return y, saved(*steps(xk, w, b, eps, y.reshape(kshape)))
+            return y, saved(steps(read_only(x, kshape), y.reshape(kshape), *params))
 
-        return keep_runner(key, run)(x, w, b, eps)
+        return keep_runner(key, run)(x, *params)
     xk = engine.to_kernel(view, x, dtype)
     yk, finish = engine.output(view, dtype, result, out)
-    stats = saved(*steps(xk, w, b, eps, yk))
+    stats = saved(steps(xk, yk, *params))
     return finish(), stats
 
 
-def backward(key, engine, view, dtype, result, steps, statistics, grads, dy, x, saved, w):
-    """The end of a checked backward call of a row or channel norm:
-    ``statistics(saved)`` checks the saved statistics (on every call) and
-    gives them as kernel arguments, ``steps`` runs on the kernel views of
-    ``dy``, ``x`` and ``dx``, and ``grads`` makes the parameter gradients
-    the caller gets back. For a host call that :func:`flat` allows (``dy``
-    C-contiguous too), a runner kept under ``key`` does it, this call
-    first."""
+def backward(key, engine, view, dtype, result, steps, statistics, grads, dy, x, saved, params):
+    """The end of a checked backward call: ``statistics(saved)`` checks the
+    saved statistics (on every call) and gives them as the steps take them,
+    ``steps(dyk, xk, dxk, stats, *params)`` runs on the kernel views, and
+    ``grads`` of what it returns gives the caller's gradients after ``dx``.
+    For a host call that :func:`flat` allows (``dy`` C-contiguous too), a
+    runner ``run(dy, x, saved, *params)`` kept under ``key`` does it, this
+    call first."""
     if flat(key, x, view, dtype, result) and dy.flags.c_contiguous:
         shape, kshape = view.shape, view.kshape
 
-        def run(dy, x, saved, w):
-            mean, rstd = statistics(saved)
-            dyk = dy.reshape(kshape)  # engine.to_kernel and engine.output, the steps that apply
-            dyk.flags.writeable = False
-            xk = x.reshape(kshape)
-            xk.flags.writeable = False
+        def run(dy, x, saved, *params):
+            stats = statistics(saved)
             dx = _buffers.empty(shape, dtype)
-            return (dx, *grads(*steps(dyk, xk, mean, rstd, w, dx.reshape(kshape))))
+            dyk, xk = read_only(dy, kshape), read_only(x, kshape)
+            sums = steps(dyk, xk, dx.reshape(kshape), stats, *params)
+            return (dx, *grads(sums))
 
-        return keep_runner(key, run)(dy, x, saved, w)
-    mean, rstd = statistics(saved)
+        return keep_runner(key, run)(dy, x, saved, *params)
+    stats = statistics(saved)
     dxk, finish = engine.output(view, dtype, result, None)
-    dw, db = steps(
-        engine.to_kernel(view, dy, dtype), engine.to_kernel(view, x, dtype), mean, rstd, w, dxk
-    )
-    return (finish(), *grads(dw, db))
+    dyk, xk = engine.to_kernel(view, dy, dtype), engine.to_kernel(view, x, dtype)
+    sums = steps(dyk, xk, dxk, stats, *params)
+    return (finish(), *grads(sums))
 
 
 def param_grads_maker(engine, weight, has_bias, result, shape):
     """:func:`param_grads` for a weight (a validated array, or None) like
-    ``weight``: ``grads(dweight, dbias)``, with the dtype worked out once."""
+    ``weight``: ``grads((dweight, dbias))``, with the dtype worked out once."""
     dtype = param_grad_dtype(weight) if weight is not None else result
     has_weight = weight is not None
 
-    def grads(dweight, dbias):
+    def grads(sums):
+        dweight, dbias = sums
         return (
             _param_grad(engine, dweight, dtype, shape) if has_weight else None,
             _param_grad(engine, dbias, dtype, shape) if has_bias else None,

@@ -54,12 +54,13 @@ def _forward(x, weight, bias, axis, eps, out, center):
     steps = engine.row_forward_steps(view.kshape, dtype, center)
     has_bias = bias is not None
 
-    def saved(mean, rstd):
+    def saved(stats):
+        mean, rstd = stats
         if rstd.shape != stat_shape:
             mean, rstd = mean.reshape(stat_shape), rstd.reshape(stat_shape)
         return NormStats(mean if center else None, rstd, True, has_bias)
 
-    return forward(key, engine, view, dtype, result, steps, saved, x, w, b, eps, out)
+    return forward(key, engine, view, dtype, result, steps, saved, x, (w, b, eps), out)
 
 
 def _backward(dy, x, saved, weight, axis, center, has_bias):
@@ -90,7 +91,7 @@ def _backward(dy, x, saved, weight, axis, center, has_bias):
             mean = engine.zeros(rows)
         return mean, rstd
 
-    return backward(key, engine, view, dtype, result, steps, statistics, grads, dy, x, saved, w)
+    return backward(key, engine, view, dtype, result, steps, statistics, grads, dy, x, saved, (w,))
 
 
 def layer_norm(x, weight=None, bias=None, *, axis=-1, eps=1e-5, out=None):

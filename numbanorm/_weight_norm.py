@@ -4,17 +4,16 @@ import functools
 
 import numpy as np
 
-from ._buffers import empty as new_output
 from ._layout import (
     as_array,
     as_input,
+    backward,
     check_like,
     check_stats,
     compute_dtype,
     dtype_result,
     engine_for,
-    flat,
-    keep_runner,
+    forward,
     normalize_axis,
     param_grad_dtype,
     row_view,
@@ -98,24 +97,12 @@ def weight_norm(v, g, *, axis=0):
             return run(v, g)
     v, engine, _, result, dtype, g, view, stat_shape = _prepare(v, g, axis)
     steps = engine.weight_norm_forward_steps(view.kshape)
-    shape, kshape = view.shape, view.kshape
-    reshape = (kshape[0],) != stat_shape
+    reshape = (view.kshape[0],) != stat_shape
 
     def saved(rstd):
         return NormStats(None, rstd.reshape(stat_shape) if reshape else rstd, True, False)
 
-    if flat(key, v, view, dtype, result):
-
-        def run(v, g):
-            vk = v.reshape(kshape)  # engine.to_kernel and engine.output, the steps that apply
-            vk.flags.writeable = False
-            w = new_output(shape, dtype)
-            return w, saved(steps(vk, g, w.reshape(kshape)))
-
-        return keep_runner(key, run)(v, g)
-    wk, finish = engine.output(view, dtype, result, None)
-    rstd = steps(engine.to_kernel(view, v, dtype), g, wk)
-    return finish(), saved(rstd)
+    return forward(key, engine, view, dtype, result, steps, saved, v, (g,), None)
 
 
 def weight_norm_backward(dw, v, g, saved, *, axis=0):
@@ -158,30 +145,17 @@ def weight_norm_backward(dw, v, g, saved, *, axis=0):
         )
         run = runners.get(key)
         if run is not None:
-            return run(dw, v, g, saved)
+            return run(dw, v, saved, g)
     v, engine, device, result, dtype, g, view, stat_shape = _prepare(v, g, axis)
     dw = check_like(dw, view.shape, result, "dw", like="v", device=device)
     steps = engine.weight_norm_backward_steps(view.kshape)
-    shape, kshape, rows = view.shape, view.kshape, view.kshape[0]
+    rows = view.kshape[0]
     g_shape, g_dtype = g.shape, param_grad_dtype(g)
 
     def statistics(saved):
         return check_stats(saved.rstd, stat_shape, "saved.rstd", engine, device).reshape(rows)
 
-    if flat(key, v, view, dtype, result) and dw.flags.c_contiguous:
+    def grads(dg):
+        return (engine.cast(dg.reshape(g_shape), g_dtype),)
 
-        def run(dw, v, g, saved):
-            rstd = statistics(saved)
-            dwk = dw.reshape(kshape)  # engine.to_kernel and engine.output, the steps that apply
-            dwk.flags.writeable = False
-            vk = v.reshape(kshape)
-            vk.flags.writeable = False
-            dv = new_output(shape, dtype)
-            dg = steps(dwk, vk, g, rstd, dv.reshape(kshape))
-            return dv, engine.cast(dg.reshape(g_shape), g_dtype)
-
-        return keep_runner(key, run)(dw, v, g, saved)
-    rstd = statistics(saved)
-    dvk, finish = engine.output(view, dtype, result, None)
-    dg = steps(engine.to_kernel(view, dw, dtype), engine.to_kernel(view, v, dtype), g, rstd, dvk)
-    return finish(), engine.cast(dg.reshape(g_shape), g_dtype)
+    return backward(key, engine, view, dtype, result, steps, statistics, grads, dw, v, saved, (g,))

@@ -106,21 +106,21 @@ def row_backward(dyk, xk, mean, rstd, weight, center, param_grads, dxk):
 
 
 def row_forward_steps(kshape, dtype, center):
-    """:func:`row_forward` as ``steps(xk, weight, bias, eps, yk)`` (the
+    """:func:`row_forward` as ``steps(xk, yk, weight, bias, eps)`` (the
     counterpart of :func:`numbanorm._engine.row_forward_steps`)."""
 
-    def steps(xk, weight, bias, eps, yk):
+    def steps(xk, yk, weight, bias, eps):
         return row_forward(xk, weight, bias, eps, center, yk)
 
     return steps
 
 
 def row_backward_steps(kshape, dtype, center, param_grads, weight_dtype):
-    """:func:`row_backward` as ``steps(dyk, xk, mean, rstd, weight, dxk)``
+    """:func:`row_backward` as ``steps(dyk, xk, dxk, (mean, rstd), weight)``
     (the counterpart of :func:`numbanorm._engine.row_backward_steps`)."""
 
-    def steps(dyk, xk, mean, rstd, weight, dxk):
-        return row_backward(dyk, xk, mean, rstd, weight, center, param_grads, dxk)
+    def steps(dyk, xk, dxk, stats, weight):
+        return row_backward(dyk, xk, *stats, weight, center, param_grads, dxk)
 
     return steps
 
@@ -201,10 +201,10 @@ def sample_forward(xk, groups, weight, bias, eps, yk):
 
 def sample_forward_steps(kshape, groups):
     """:func:`sample_forward` for kernel arrays of shape ``kshape``:
-    ``steps(xk, weight, bias, eps, yk) -> (mean, rstd)`` (the counterpart of
+    ``steps(xk, yk, weight, bias, eps) -> (mean, rstd)`` (the counterpart of
     :func:`numbanorm._engine.sample_forward_steps`)."""
 
-    def steps(xk, weight, bias, eps, yk):
+    def steps(xk, yk, weight, bias, eps):
         return sample_forward(xk, groups, weight, bias, eps, yk)
 
     return steps
@@ -216,11 +216,11 @@ def sample_backward(dyk, xk, mean, rstd, weight, param_grads, dxk):
 
 
 def sample_backward_steps(kshape, groups, param_grads):
-    """:func:`sample_backward` as ``steps(dyk, xk, mean, rstd, weight, dxk)``
+    """:func:`sample_backward` as ``steps(dyk, xk, dxk, (mean, rstd), weight)``
     (the counterpart of :func:`numbanorm._engine.sample_backward_steps`)."""
 
-    def steps(dyk, xk, mean, rstd, weight, dxk):
-        return sample_backward(dyk, xk, mean, rstd, weight, param_grads, dxk)
+    def steps(dyk, xk, dxk, stats, weight):
+        return sample_backward(dyk, xk, *stats, weight, param_grads, dxk)
 
     return steps
 
@@ -243,12 +243,20 @@ def weight_norm_backward(dwk, vk, g, rstd, dvk):
 
 
 def weight_norm_forward_steps(kshape):
-    """:func:`weight_norm_forward` as ``steps(vk, g, wk)`` (the counterpart
+    """:func:`weight_norm_forward` as ``steps(vk, wk, g)`` (the counterpart
     of :func:`numbanorm._engine.weight_norm_forward_steps`)."""
-    return weight_norm_forward
+
+    def steps(vk, wk, g):
+        return weight_norm_forward(vk, g, wk)
+
+    return steps
 
 
 def weight_norm_backward_steps(kshape):
-    """:func:`weight_norm_backward` as ``steps(dwk, vk, g, rstd, dvk)`` (the
+    """:func:`weight_norm_backward` as ``steps(dwk, vk, dvk, rstd, g)`` (the
     counterpart of :func:`numbanorm._engine.weight_norm_backward_steps`)."""
-    return weight_norm_backward
+
+    def steps(dwk, vk, dvk, rstd, g):
+        return weight_norm_backward(dwk, vk, g, rstd, dvk)
+
+    return steps
