@@ -181,8 +181,8 @@ def row_forward_steps(kshape, dtype, center):
     ones, zeros = np.ones(length, dtype), np.zeros(length, dtype)  # the kernel only reads them
 
     def steps(xk, yk, weight, bias, eps):
-        mean = new_stats((rows,))
-        rstd = new_stats((rows,))
+        mean = new_stats()
+        rstd = new_stats()
         kernel.for_size(elements)(
             xk, _row_param(weight, ones, dtype), _row_param(bias, zeros, dtype), eps, center, yk,
             mean, rstd,
@@ -381,8 +381,8 @@ def sample_forward_steps(kshape, groups):
     ones, zeros = np.ones(c), np.zeros(c)  # the kernel only reads them
 
     def fused(xk, yk, weight, bias, eps):
-        mean = new_stats(stat_shape)
-        rstd = new_stats(stat_shape)
+        mean = new_stats()
+        rstd = new_stats()
         kernel.for_size(elements)(
             xk, groups, _param(weight, c, ones), _param(bias, c, zeros), eps, samples_per_task,
             yk, mean, rstd,
@@ -454,7 +454,7 @@ def weight_norm_forward_steps(kshape):
     new_stats = _buffers.stats_maker((rows,))
 
     def steps(vk, wk, g):
-        rstd = new_stats((rows,))
+        rstd = new_stats()
         kernel.for_size(elements)(vk, _magnitude(g), rows_per_task, wk, rstd)
         return rstd
 

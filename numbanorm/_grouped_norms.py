@@ -242,7 +242,7 @@ def _grouped_forward(x, groups, weight, bias, axis, eps, out, per_channel):
         and (per_channel or type(groups) is int)
     ):
         key = (
-            "grouped forward", per_channel, groups, axis, x.shape, x.dtype, x.flags.c_contiguous,
+            "grouped forward", per_channel, groups, axis, x.shape, x.dtype, x.strides,
             param_key(weight), param_key(bias),
         )
         run = runners.get(key)
@@ -277,7 +277,7 @@ def _grouped_backward(dy, x, saved, weight, axis, per_channel):
     ):
         key = (
             "grouped backward", per_channel, bool(saved.has_bias), axis, saved.rstd.shape, x.shape,
-            x.dtype, x.flags.c_contiguous, dy.shape, dy.dtype, dy.flags.c_contiguous,
+            x.dtype, x.strides, dy.shape, dy.dtype, dy.strides,
             param_key(weight),
         )
         run = runners.get(key)

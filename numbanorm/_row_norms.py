@@ -40,7 +40,7 @@ def _forward(x, weight, bias, axis, eps, out, center):
     key = None
     if type(x) is np.ndarray and out is None and type(axis) is int:
         key = (
-            "row forward", center, axis, x.shape, x.dtype, x.flags.c_contiguous,
+            "row forward", center, axis, x.shape, x.dtype, x.strides,
             param_key(weight), param_key(bias),
         )
         run = runners.get(key)
@@ -67,8 +67,8 @@ def _backward(dy, x, saved, weight, axis, center, has_bias):
     key = None
     if type(x) is np.ndarray and type(dy) is np.ndarray and type(axis) is int:
         key = (
-            "row backward", center, has_bias, axis, x.shape, x.dtype, x.flags.c_contiguous,
-            dy.shape, dy.dtype, dy.flags.c_contiguous, param_key(weight),
+            "row backward", center, has_bias, axis, x.shape, x.dtype, x.strides,
+            dy.shape, dy.dtype, dy.strides, param_key(weight),
         )
         run = runners.get(key)
         if run is not None:

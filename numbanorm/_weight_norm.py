@@ -91,7 +91,7 @@ def weight_norm(v, g, *, axis=0):
     """
     key = None
     if type(v) is np.ndarray and type(g) is np.ndarray and (axis is None or type(axis) is int):
-        key = ("weight forward", axis, v.shape, v.dtype, v.flags.c_contiguous, g.shape, g.dtype)
+        key = ("weight forward", axis, v.shape, v.dtype, v.strides, g.shape, g.dtype)
         run = runners.get(key)
         if run is not None:
             return run(v, g)
@@ -140,8 +140,8 @@ def weight_norm_backward(dw, v, g, saved, *, axis=0):
         and (axis is None or type(axis) is int)
     ):
         key = (
-            "weight backward", axis, v.shape, v.dtype, v.flags.c_contiguous, g.shape, g.dtype,
-            dw.shape, dw.dtype, dw.flags.c_contiguous,
+            "weight backward", axis, v.shape, v.dtype, v.strides, g.shape, g.dtype,
+            dw.shape, dw.dtype, dw.strides,
         )
         run = runners.get(key)
         if run is not None:
