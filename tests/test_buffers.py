@@ -190,3 +190,25 @@ def test_gradients_are_right_when_work_arrays_are_reused(rng):
             for a, c in zip(first, fresh):
                 np.testing.assert_array_equal(a, c)
             assert not np.array_equal(first[1], second[1])
+
+
+def test_an_output_maker_gives_the_arrays_empty_gives():
+    nn.release_memory()
+    f32 = np.dtype(np.float32)
+    small = _buffers.empty_maker((4, 8), f32)()
+    assert small.shape == (4, 8) and small.dtype == f32 and small.base is None
+    mid_shape = (64, 1024)  # 256 KiB: starts on a cache line
+    make_mid = _buffers.empty_maker(mid_shape, f32)
+    a, b = make_mid(), make_mid()
+    assert a.shape == mid_shape and a.dtype == f32 and a.flags.c_contiguous
+    assert _address(a) % _jit.ALIGN_BYTES == 0 and not np.shares_memory(a, b)
+    make_large = _buffers.empty_maker(SHAPE, f32)
+    y = make_large()
+    assert y.shape == SHAPE and y.flags.c_contiguous and y.flags.writeable
+    assert _address(y) % _buffers.START_BYTES == 0 and type(y.base) is np.ndarray
+    y2 = make_large()  # y is still held: another block
+    assert not np.shares_memory(y, y2)
+    last = _address(y2)
+    del y, y2
+    assert _address(make_large()) == last  # of two free blocks, the one handed out last
+    nn.release_memory()
