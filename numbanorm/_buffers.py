@@ -85,7 +85,9 @@ def _refcounts(entries):
 
 #: What :func:`_refcounts` reports for a block only the list refers to
 #: (measured, not assumed: the interpreter decides how many references its
-#: own frames hold).
+#: own frames hold); :func:`_take`'s loops read the count with the same
+#: expression, ``sys.getrefcount(entry[0])`` (``tests/test_buffers.py``
+#: checks that a dropped block is reused and a block in use is not).
 _UNUSED = _refcounts([[np.empty(0, np.uint8), 0]])[0]
 
 
