@@ -234,12 +234,11 @@ def row_backward_steps(kshape, dtype, center, param_grads, weight_dtype):
 # --------------------------------------------------------- grouped norms ---
 
 
-def _param(p, channels, fill):
+def _param(p, fill):
     """A per-channel parameter (a checked ``(C,)`` array, or None) as a new
-    float64 kernel argument; ``fill`` (a value, or the array to pass) if None."""
-    if p is not None:
-        return p.astype(np.float64)
-    return fill if isinstance(fill, np.ndarray) else np.full(channels, fill)
+    float64 kernel argument; ``fill`` (a float64 array the kernel only reads)
+    if None."""
+    return p.astype(np.float64) if p is not None else fill
 
 
 def _row_param(p, fill, dtype):
@@ -305,8 +304,8 @@ def group_apply(xk, mean, rstd, weight, bias, yk):
     c = xk.shape[2]
     chunk, _ = _p_chunk(xk.shape)
     backend.channel_affine.for_size(xk.size)(
-        xk, coefficients(mean), coefficients(rstd), _param(weight, c, 1.0),
-        _param(bias, c, 0.0), chunk, yk,
+        xk, coefficients(mean), coefficients(rstd), _param(weight, np.ones(c)),
+        _param(bias, np.zeros(c)), chunk, yk,
     )
 
 
@@ -325,7 +324,7 @@ def group_backward(dyk, xk, mean, rstd, weight, batch_stats, param_grads, dxk):
     groups = mean.shape[1]
     mean = coefficients(mean)
     rstd = coefficients(rstd)
-    w = _param(weight, c, 1.0)
+    w = _param(weight, np.ones(c))
     if n == 1 and groups == c and q > backend.SHORT_RUN and c >= CHANNEL_TASKS_MIN and batch_stats:
         # Batch norm on long channels-first runs: one fused task per channel.
         dweight = np.empty(c)
@@ -384,7 +383,7 @@ def sample_forward_steps(kshape, groups):
         mean = new_stats()
         rstd = new_stats()
         kernel.for_size(elements)(
-            xk, groups, _param(weight, c, ones), _param(bias, c, zeros), eps, samples_per_task,
+            xk, groups, _param(weight, ones), _param(bias, zeros), eps, samples_per_task,
             yk, mean, rstd,
         )
         return mean, rstd
@@ -419,7 +418,7 @@ def sample_backward_steps(kshape, groups, param_grads):
         sum_dy_xhat = _buffers.scratch("sum_dy_xhat", part_shape)
         kernel.for_size(elements)(
             dyk, xk, coefficients(mean), coefficients(rstd),
-            _param(weight, c, ones), samples_per_block, sum_dy, sum_dy_xhat, dxk,
+            _param(weight, ones), samples_per_block, sum_dy, sum_dy_xhat, dxk,
         )
         if not param_grads:
             return None, None

@@ -393,11 +393,12 @@ def require_nonempty_reduction(count, what, *args):
 # strides, settings), and a repeated call with the same key looks its
 # runner up and runs it. Strides, not the C-contiguity flag: a runner is kept
 # only for C-contiguous arrays, and an array with the same shape, dtype and
-# strides is C-contiguous too (reading ``flags`` makes an object first). Each step of the whole path costs a microsecond or
-# more with the interpreter's caches cold after the previous call's pass
-# over memory (every Python function call one), and there were dozens:
-# group norm 8x256x28x28 forward spent 28 us before its kernel and 6 us
-# after (docs/performance.rst). Settings in a key must be checked with
+# strides is C-contiguous too (reading ``flags`` makes an object first).
+# With the interpreter's caches cold after the previous call's pass over
+# memory, each NumPy or ``math`` call on the path costs several
+# microseconds, and the full path makes dozens: group norm 8x256x28x28
+# forward spent 28 us before its kernel and 6 us after
+# (docs/performance.rst). Settings in a key must be checked with
 # ``type(...) is int`` first: ``1``, ``1.0`` and ``True`` are one dict key.
 # What a key cannot cover is checked on every call: ``eps``, and the saved
 # statistics a backward pass gets.
