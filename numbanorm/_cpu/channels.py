@@ -28,7 +28,9 @@ coefficient instead, see :func:`_affine_coefficients`).
 import numpy as np
 from numba import prange
 
-from .._jit import aligned_empty, aligned_zeros, cast_like, helper, kernel, muladd, split_like
+from .._jit import (
+    aligned_empty, aligned_zeros, cast_like, helper, kernel, muladd, split_like, wide_vectors,
+)
 
 #: Channels-last reductions fold this many rows together in float64 registers
 #: before updating the per-channel sums, so the sums are loaded and stored once
@@ -62,6 +64,7 @@ def _add_moments(x, n, p, p_stop, sh, s1, s2):
     blocks of 8: 32x56x56x64 8-9% faster (group and batch norm), 8x28x28x256
     the same, 256x7x7x512 2-4% slower.
     """
+    wide_vectors()
     N, P, C, Q = x.shape
     r = 0  # channels-last rows taken below; the rest, and Q > 1, go run by run
     if Q == 1:
@@ -164,6 +167,7 @@ def _rows(x, n, p_start, p_stop):
 def _affine(x, y, n, p_start, p_stop, hi, a, b):
     """Channels last (``Q == 1``): ``y = (x - hi[c]) * a[c] + b[c]`` over rows
     ``p_start:p_stop`` (coefficients from :func:`_affine_coefficients`)."""
+    wide_vectors()
     xc = _rows(x, n, p_start, p_stop)
     yc = _rows(y, n, p_start, p_stop)
     for p in range(xc.shape[0]):
@@ -194,6 +198,7 @@ def _add_grad_sums(dy, x, n, p_start, p_stop, hi, lo, sa, sb):
     3.01 ms, instance norm 256x7x7x512 3.96 -> 3.52 ms, batch norm
     256x7x7x512 3.15 -> 2.93 ms (``docs/accuracy.rst`` gives the errors).
     """
+    wide_vectors()
     xc = _rows(x, n, p_start, p_stop)
     gc = _rows(dy, n, p_start, p_stop)
     rows, channels = xc.shape
@@ -228,6 +233,7 @@ def _backward_affine(dy, x, dx, n, p_start, p_stop, hi, al, be, ga):
     """Channels last (``Q == 1``): ``dx = al[c]*dy + be[c]*(x - hi[c]) + ga[c]``
     over rows ``p_start:p_stop`` (coefficients from
     :func:`_backward_coefficients`)."""
+    wide_vectors()
     xc = _rows(x, n, p_start, p_stop)
     gc = _rows(dy, n, p_start, p_stop)
     dc = _rows(dx, n, p_start, p_stop)
@@ -751,6 +757,36 @@ def _instance_pair_backward(gs, xs, ds, c, mean, rstd, weight, inv_count, sa, sb
 # ----------------------------------------------------- per-sample kernels ---
 
 
+@helper
+def _channels_last_samples(x, groups, weight, bias, eps, n0, n1, y, mean, rstd):
+    """Samples ``n0:n1`` of :func:`sample_norm_forward`, channels last, with
+    one set of per-channel work arrays (a helper of its own so that both
+    builds compile its loops alike, 512 bits wide)."""
+    wide_vectors()
+    N, P, C, Q = x.shape
+    cg = C // groups
+    inv_count = 1.0 / (P * Q * cg)
+    sh = aligned_empty(C, mean)
+    s1 = aligned_empty(C, mean)
+    s2 = aligned_empty(C, mean)
+    hi = aligned_empty(C, x)
+    a = aligned_empty(C, x)
+    b = aligned_empty(C, x)
+    for n in range(n0, n1):
+        for g in range(groups):
+            s = np.float64(x[n, 0, g * cg, 0])
+            for c in range(g * cg, (g + 1) * cg):
+                sh[c] = s
+        s1[:] = 0.0
+        s2[:] = 0.0
+        _add_moments(x, n, 0, P, sh, s1, s2)
+        for g in range(groups):
+            t1, t2 = _group_totals(s1, s2, g, cg)
+            mean[n, g], rstd[n, g] = _mean_rstd(t1, t2, sh[g * cg], inv_count, eps)
+        _affine_coefficients(x, mean, rstd, weight, bias, n, cg, hi, a, b)
+        _affine(x, y, n, 0, P, hi, a, b)
+
+
 @kernel
 def sample_norm_forward(x, groups, weight, bias, eps, samples_per_task, y, mean, rstd):
     """Group norm of each sample: statistics per ``(n, group)`` into ``mean``
@@ -799,25 +835,9 @@ def sample_norm_forward(x, groups, weight, bias, eps, samples_per_task, y, mean,
         return
     per = samples_per_task
     for k in prange((N + per - 1) // per):
-        sh = aligned_empty(C, mean)
-        s1 = aligned_empty(C, mean)
-        s2 = aligned_empty(C, mean)
-        hi = aligned_empty(C, x)
-        a = aligned_empty(C, x)
-        b = aligned_empty(C, x)
-        for n in range(k * per, min(N, (k + 1) * per)):
-            for g in range(groups):
-                s = np.float64(x[n, 0, g * cg, 0])
-                for c in range(g * cg, (g + 1) * cg):
-                    sh[c] = s
-            s1[:] = 0.0
-            s2[:] = 0.0
-            _add_moments(x, n, 0, P, sh, s1, s2)
-            for g in range(groups):
-                t1, t2 = _group_totals(s1, s2, g, cg)
-                mean[n, g], rstd[n, g] = _mean_rstd(t1, t2, sh[g * cg], inv_count, eps)
-            _affine_coefficients(x, mean, rstd, weight, bias, n, cg, hi, a, b)
-            _affine(x, y, n, 0, P, hi, a, b)
+        _channels_last_samples(
+            x, groups, weight, bias, eps, k * per, min(N, (k + 1) * per), y, mean, rstd
+        )
 
 
 @helper(inline=True)
@@ -884,6 +904,25 @@ def _add_sample_sums(sa, sb, rstd, cg, block_dy, block_dy_xhat):
             block_dy_xhat[c] += sb[c] * rs
 
 
+@helper
+def _sample_block_backward(
+    dy, x, mean, rstd, weight, samples_per_block, k, sum_dy, sum_dy_xhat, dx
+):
+    """Block ``k`` of :func:`sample_norm_backward` (a helper of its own so
+    that both builds compile its loops alike, 512 bits wide)."""
+    wide_vectors()
+    N, P, C, Q = x.shape
+    groups = mean.shape[1]
+    cg = C // groups
+    inv_count = 1.0 / (P * Q * cg)
+    block_dy, block_dy_xhat, sa, sb = _block_sums(sum_dy, sum_dy_xhat, k)
+    for n in range(k * samples_per_block, min(N, (k + 1) * samples_per_block)):
+        sa[:] = 0.0
+        sb[:] = 0.0
+        _sample_backward(dy, x, mean, rstd, weight, n, groups, cg, inv_count, sa, sb, dx)
+        _add_sample_sums(sa, sb, rstd[n], cg, block_dy, block_dy_xhat)
+
+
 @kernel
 def sample_norm_backward(
     dy, x, mean, rstd, weight, samples_per_block, sum_dy, sum_dy_xhat, dx
@@ -901,18 +940,12 @@ def sample_norm_backward(
     to the data: NumPy adds them up after the pass, with the caches cold
     (instance norm 256x512x7x7: 2 MiB of per-sample rows took 60 us to add).
     """
-    N, P, C, Q = x.shape
-    groups = mean.shape[1]
-    cg = C // groups
-    inv_count = 1.0 / (P * Q * cg)
+    N = x.shape[0]
     nblocks = (N + samples_per_block - 1) // samples_per_block
     for k in prange(nblocks):
-        block_dy, block_dy_xhat, sa, sb = _block_sums(sum_dy, sum_dy_xhat, k)
-        for n in range(k * samples_per_block, min(N, (k + 1) * samples_per_block)):
-            sa[:] = 0.0
-            sb[:] = 0.0
-            _sample_backward(dy, x, mean, rstd, weight, n, groups, cg, inv_count, sa, sb, dx)
-            _add_sample_sums(sa, sb, rstd[n], cg, block_dy, block_dy_xhat)
+        _sample_block_backward(
+            dy, x, mean, rstd, weight, samples_per_block, k, sum_dy, sum_dy_xhat, dx
+        )
 
 
 @kernel
