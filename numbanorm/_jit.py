@@ -40,6 +40,8 @@ once:
   the row forward kernel's sum of squares and last multiply-add that won
   back most of it: layer norm 64x4096 forward 8%, RMS norm 12%, 65536x128
   8% faster than without.
+* 256-bit vectors, LLVM's default on this hardware, except in the helpers
+  that ask for 512 (:func:`wide_vectors`).
 * ``error_model="numpy"``: division by zero gives inf/nan as NumPy does,
   instead of raising inside a kernel.
 * idle kernel threads sleep instead of spinning: ``OMP_WAIT_POLICY=PASSIVE``
@@ -223,14 +225,16 @@ def wide_vectors(typingctx):
     its own module keeps its width when inlined, so each helper with hot
     loops says so itself. Where there is no AVX-512 it changes nothing.
     Used where it measured faster (public function, alternating in one
-    process with a copy of the package compiled without it; the kernels'
-    docstrings say where): layer and RMS norm backward 65536x128 23-27%
-    faster, 4096x1024 9-12%, 64x4096 7-10%; channels-last group norm
-    32x56x56x64 forward 8% and backward 6%; instance norm NCHW 32x64x56x56
-    backward 18%. Not used where it measured slower: channels-first batch
-    norm (256x512x7x7 forward 12% slower, 32x64x56x56 backward 8%), the
-    channels-first sample forward (instance norm 256x512x7x7 26% slower with
-    512-bit vectors for the whole build), weight norm (no faster).
+    process with a copy of the package in which it does nothing; figures
+    in ``docs/performance.rst``): layer and RMS norm backward 65536x128 13%
+    and 25% faster, 4096x1024 7% and 11%, 64x4096 4% and 7%; channels-last
+    group norm 32x56x56x64 forward 6%; group and instance norm NCHW
+    32x64x56x56 backward 3-5%. Slower: layer and RMS norm 8x64 backward 7%,
+    channels-last instance norm 256x7x7x512 forward 5%. Not used where it
+    was slower or no faster: channels-first batch norm (256x512x7x7 forward
+    12% slower, 32x64x56x56 backward 8%), the channels-first sample forward
+    (instance norm 256x512x7x7: 1.50 -> 2.03 ms in a process compiled with
+    512-bit vectors throughout), weight norm.
 
     llvmlite's ``FunctionAttributes`` accepts only LLVM's enum attributes;
     a string attribute goes into the set as it is written, and llvmlite
