@@ -38,7 +38,7 @@ from .._jit import (
 #: 2x faster than with 4, measured on 32x56x56x64 float32), on rows of at
 #: least ``PAIRED_ROWS_MAX_C`` channels.
 ROW_BLOCK = 8
-#: Narrower channels-last rows are summed two at a time (see :func:`_add_moments`).
+#: Narrower channels-last rows are summed two at a time (see :func:`_add_row_moments`).
 PAIRED_ROWS_MAX_C = 256
 
 #: Channel runs (``Q`` values) up to this long count as short (7x7 images: 49).
@@ -55,51 +55,65 @@ GRAD_ROW_BLOCK = 16
 @helper
 def _add_moments(x, n, p, p_stop, sh, s1, s2):
     """Add ``sum(x - sh[c])`` and ``sum((x - sh[c])**2)`` over rows
-    ``p:p_stop`` of sample ``n`` into ``s1[c]``, ``s2[c]`` (float64).
-
-    Channels last (``Q == 1``), rows of fewer than ``PAIRED_ROWS_MAX_C``
-    channels two at a time (``s1`` and ``s2`` loaded and stored once per
-    pair), wider ones ``ROW_BLOCK`` at a time, folded in registers. Moments
-    through the public forward, alternating in one process, pairs against
-    blocks of 8: 32x56x56x64 8-9% faster (group and batch norm), 8x28x28x256
-    the same, 256x7x7x512 2-4% slower.
+    ``p:p_stop`` of sample ``n`` into ``s1[c]``, ``s2[c]`` (float64):
+    channels last (``Q == 1``) through :func:`_add_row_moments`, the rows
+    it leaves and channels-first runs (``Q > 1``) run by run, 256 bits wide
+    (512-bit vectors made batch norm 256x512x7x7 forward 14% slower).
     """
-    wide_vectors()
     N, P, C, Q = x.shape
     r = 0  # channels-last rows taken below; the rest, and Q > 1, go run by run
     if Q == 1:
-        xc = _rows(x, n, p, p_stop)
-        if C < PAIRED_ROWS_MAX_C:
-            while r + 2 <= xc.shape[0]:
-                for c in range(C):
-                    s = sh[c]
-                    d0 = np.float64(xc[r, c]) - s
-                    d1 = np.float64(xc[r + 1, c]) - s
-                    s1[c] += d0 + d1
-                    s2[c] += muladd(d0, d0, d1 * d1)
-                r += 2
-        else:
-            while r + ROW_BLOCK <= xc.shape[0]:
-                for c in range(C):
-                    s = sh[c]
-                    d0 = np.float64(xc[r, c]) - s
-                    d1 = np.float64(xc[r + 1, c]) - s
-                    d2 = np.float64(xc[r + 2, c]) - s
-                    d3 = np.float64(xc[r + 3, c]) - s
-                    d4 = np.float64(xc[r + 4, c]) - s
-                    d5 = np.float64(xc[r + 5, c]) - s
-                    d6 = np.float64(xc[r + 6, c]) - s
-                    d7 = np.float64(xc[r + 7, c]) - s
-                    s1[c] += ((d0 + d1) + (d2 + d3)) + ((d4 + d5) + (d6 + d7))
-                    s2[c] += ((d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)) + (
-                        (d4 * d4 + d5 * d5) + (d6 * d6 + d7 * d7)
-                    )
-                r += ROW_BLOCK
+        r = _add_row_moments(_rows(x, n, p, p_stop), sh, s1, s2)
     for p in range(p + r, p_stop):
         for c in range(C):
             a1, a2 = _run_moments(x[n, p, c], sh[c])
             s1[c] += a1
             s2[c] += a2
+
+
+@helper
+def _add_row_moments(xc, sh, s1, s2):
+    """Channels last: add the moments of the rows of ``xc`` (``(rows, C)``)
+    about ``sh[c]`` into ``s1[c]``, ``s2[c]``; returns how many rows it took
+    (the rest are fewer than a block).
+
+    Rows of fewer than ``PAIRED_ROWS_MAX_C`` channels two at a time (``s1``
+    and ``s2`` loaded and stored once per pair), wider ones ``ROW_BLOCK`` at
+    a time, folded in registers, 512 bits wide. Moments through the public
+    forward, alternating in one process, pairs against blocks of 8:
+    32x56x56x64 8-9% faster (group and batch norm), 8x28x28x256 the same,
+    256x7x7x512 2-4% slower.
+    """
+    wide_vectors()
+    rows, C = xc.shape
+    r = 0
+    if C < PAIRED_ROWS_MAX_C:
+        while r + 2 <= rows:
+            for c in range(C):
+                s = sh[c]
+                d0 = np.float64(xc[r, c]) - s
+                d1 = np.float64(xc[r + 1, c]) - s
+                s1[c] += d0 + d1
+                s2[c] += muladd(d0, d0, d1 * d1)
+            r += 2
+    else:
+        while r + ROW_BLOCK <= rows:
+            for c in range(C):
+                s = sh[c]
+                d0 = np.float64(xc[r, c]) - s
+                d1 = np.float64(xc[r + 1, c]) - s
+                d2 = np.float64(xc[r + 2, c]) - s
+                d3 = np.float64(xc[r + 3, c]) - s
+                d4 = np.float64(xc[r + 4, c]) - s
+                d5 = np.float64(xc[r + 5, c]) - s
+                d6 = np.float64(xc[r + 6, c]) - s
+                d7 = np.float64(xc[r + 7, c]) - s
+                s1[c] += ((d0 + d1) + (d2 + d3)) + ((d4 + d5) + (d6 + d7))
+                s2[c] += ((d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)) + (
+                    (d4 * d4 + d5 * d5) + (d6 * d6 + d7 * d7)
+                )
+            r += ROW_BLOCK
+    return r
 
 
 @helper(inline=True)
