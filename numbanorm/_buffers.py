@@ -85,7 +85,7 @@ def _refcounts(entries):
 
 #: What :func:`_refcounts` reports for a block only the list refers to
 #: (measured, not assumed: the interpreter decides how many references its
-#: own frames hold); :func:`_take`'s loops read the count with the same
+#: own frames hold); :func:`_take`'s loop reads the count with the same
 #: expression, ``sys.getrefcount(entry[0])`` (``tests/test_buffers.py``
 #: checks that a dropped block is reused and a block in use is not).
 _UNUSED = _refcounts([[np.empty(0, np.uint8), 0]])[0]
@@ -109,16 +109,15 @@ def _take(nbytes):
     scan of every block's reference count, 31 us so). Blocks are 1-D bytes,
     so ``len`` is their size."""
     with _lock:
-        if _blocks:
-            entry = _blocks[-1]
-            if len(entry[0]) == nbytes and sys.getrefcount(entry[0]) == _UNUSED:
-                return entry
-        for i in range(len(_blocks) - 2, -1, -1):
+        last = i = len(_blocks) - 1
+        while i >= 0:
             entry = _blocks[i]
             if len(entry[0]) == nbytes and sys.getrefcount(entry[0]) == _UNUSED:
-                del _blocks[i]
-                _blocks.append(entry)
+                if i != last:  # the list runs from least to most recently handed out
+                    del _blocks[i]
+                    _blocks.append(entry)
                 return entry
+            i -= 1
         counts = _refcounts(_blocks)
         entry = _new_block(nbytes)
         if nbytes > REUSE_MAX_BYTES:

@@ -1,13 +1,13 @@
 """Row kernels: statistics, forward and backward per row of a ``(rows, L)`` view.
 
 Layer norm (``center=True``) and RMS norm (``center=False``) run here, and
-weight norm (one 2-norm per row). A task
-takes a row or a block of rows; each row's result is its own. Statistics are float64 sums taken about a shift (the row's
-first element when centering), so ``x - mean`` never cancels even when the
-mean is 1e6 times the spread. Elementwise outputs are computed in the input's
-dtype with the mean split into ``hi + lo`` parts of that dtype, so
-``(x - hi) - lo`` keeps float64 accuracy of the difference while the arithmetic
-runs at float32 vector width.
+weight norm (one 2-norm per row). A task takes a row or a block of rows; each
+row's result is its own. Statistics are float64 sums taken about a shift (the
+row's first element when centering), so ``x - mean`` never cancels even when
+the mean is 1e6 times the spread. Elementwise outputs are computed in the
+input's dtype with the mean split into ``hi + lo`` parts of that dtype, so
+``(x - hi) - lo`` keeps float64 accuracy of the difference while the
+arithmetic runs at float32 vector width.
 """
 
 import numpy as np
