@@ -236,9 +236,18 @@ def row_backward_steps(kshape, dtype, center, param_grads, weight_dtype):
 
 def _param(p, fill):
     """A per-channel parameter (a checked ``(C,)`` array, or None) as a new
-    float64 kernel argument; ``fill`` (a float64 array the kernel only reads)
-    if None."""
+    float64 kernel argument; ``fill`` (a float64 array the kernel only reads,
+    from :func:`_filled`) if None."""
     return p.astype(np.float64) if p is not None else fill
+
+
+@functools.lru_cache(maxsize=64)
+def _filled(channels, value):
+    """``np.full(channels, value)``, made once per length and value: what an
+    absent weight or bias stands for in the channel kernels, which only read
+    it (a call that passes its parameters makes no array for the ones it
+    does not need)."""
+    return np.full(channels, value)
 
 
 def _row_param(p, fill, dtype):
@@ -304,8 +313,8 @@ def group_apply(xk, mean, rstd, weight, bias, yk):
     c = xk.shape[2]
     chunk, _ = _p_chunk(xk.shape)
     backend.channel_affine.for_size(xk.size)(
-        xk, coefficients(mean), coefficients(rstd), _param(weight, np.ones(c)),
-        _param(bias, np.zeros(c)), chunk, yk,
+        xk, coefficients(mean), coefficients(rstd), _param(weight, _filled(c, 1.0)),
+        _param(bias, _filled(c, 0.0)), chunk, yk,
     )
 
 
@@ -324,7 +333,7 @@ def group_backward(dyk, xk, mean, rstd, weight, batch_stats, param_grads, dxk):
     groups = mean.shape[1]
     mean = coefficients(mean)
     rstd = coefficients(rstd)
-    w = _param(weight, np.ones(c))
+    w = _param(weight, _filled(c, 1.0))
     if n == 1 and groups == c and q > backend.SHORT_RUN and c >= CHANNEL_TASKS_MIN and batch_stats:
         # Batch norm on long channels-first runs: one fused task per channel.
         dweight = np.empty(c)
@@ -377,7 +386,7 @@ def sample_forward_steps(kshape, groups):
     elements = math.prod(kshape)
     stat_shape = (n, groups)
     new_stats = _buffers.stats_maker(stat_shape)
-    ones, zeros = np.ones(c), np.zeros(c)  # the kernel only reads them
+    ones, zeros = _filled(c, 1.0), _filled(c, 0.0)
 
     def fused(xk, yk, weight, bias, eps):
         mean = new_stats()
@@ -410,7 +419,7 @@ def sample_backward_steps(kshape, groups, param_grads):
     else:
         kernel = backend.sample_norm_backward
     elements = math.prod(kshape)
-    ones = np.ones(c)  # the kernel only reads it
+    ones = _filled(c, 1.0)
 
     def fused(dyk, xk, dxk, stats, weight):
         mean, rstd = stats
