@@ -469,6 +469,34 @@ def weight_norm_forward_steps(kshape):
     return steps
 
 
+def weight_norm_forward_new_steps(kshape, dtype, g):
+    """Weight norm forward in one compiled call that allocates its outputs
+    too: ``steps(v, g) -> (w, rstd)`` for a C-contiguous ``v`` of ``dtype``
+    whose kernel view is its reshape to ``kshape``, and a ``g`` of this
+    one's shape, dtype and strides (the caller's runner key holds them).
+    The same results as :func:`weight_norm_forward_steps`. None where those
+    steps serve better or this kernel does not apply: outputs from the sizes
+    that reused blocks serve on (:mod:`numbanorm._buffers`), an empty ``v``,
+    a ``g`` that is not C-contiguous float32 or float64."""
+    rows, length = kshape
+    elements = rows * length
+    if (
+        elements == 0
+        or elements * dtype.itemsize >= _buffers.REUSE_MIN_BYTES
+        or rows * 8 >= _buffers.STATS_REUSE_MIN_BYTES
+        or g.dtype not in _KERNEL_FLOATS
+        or not g.flags.c_contiguous
+    ):
+        return None
+    rows_per_task = SCALE_ROWS_PER_TASK if length >= SCALE_PIPELINE_MIN_LENGTH else 1
+    kernel = backend.new_row_scale_forward
+
+    def steps(v, g):
+        return kernel.for_size(elements)(v, g, rows, rows_per_task)
+
+    return steps
+
+
 @functools.lru_cache(maxsize=256)
 def weight_norm_backward_steps(kshape):
     """Backward of :func:`weight_norm_forward_steps`: ``steps(dwk, vk, dvk,

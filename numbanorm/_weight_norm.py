@@ -91,18 +91,20 @@ def weight_norm(v, g, *, axis=0):
     """
     key = None
     if type(v) is np.ndarray and type(g) is np.ndarray and (axis is None or type(axis) is int):
-        key = ("weight forward", axis, v.shape, v.dtype, v.strides, g.shape, g.dtype)
+        key = ("weight forward", axis, v.shape, v.dtype, v.strides, g.shape, g.dtype, g.strides)
         run = runners.get(key)
         if run is not None:
             return run(v, g)
-    v, engine, _, result, dtype, g, view, stat_shape = _prepare(v, g, axis)
+    v, engine, device, result, dtype, g, view, stat_shape = _prepare(v, g, axis)
     steps = engine.weight_norm_forward_steps(view.kshape)
+    # Host arrays only: a runner's whole call compiled, for small weights.
+    new_steps = None if device else engine.weight_norm_forward_new_steps(view.kshape, dtype, g)
     reshape = (view.kshape[0],) != stat_shape
 
     def saved(rstd):
         return NormStats(None, rstd.reshape(stat_shape) if reshape else rstd, True, False)
 
-    return forward(key, engine, view, dtype, result, steps, saved, v, (g,), None)
+    return forward(key, engine, view, dtype, result, steps, saved, v, (g,), None, new_steps)
 
 
 def weight_norm_backward(dw, v, g, saved, *, axis=0):

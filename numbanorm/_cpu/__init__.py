@@ -22,6 +22,7 @@ from .finish import rstd_of, running_update
 from .rows import (
     FUSED_ROW_MIN,
     long_row_backward,
+    new_row_scale_forward,
     row_backward,
     row_forward,
     row_scale_backward,
@@ -40,6 +41,7 @@ __all__ = [
     "channel_runs_backward",
     "instance_runs_backward",
     "long_row_backward",
+    "new_row_scale_forward",
     "row_backward",
     "row_forward",
     "row_scale_backward",

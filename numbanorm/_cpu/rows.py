@@ -13,7 +13,7 @@ arithmetic runs at float32 vector width.
 import numpy as np
 from numba import prange
 
-from .._jit import cast_like, helper, kernel, muladd, split_like, wide_vectors
+from .._jit import aligned_empty, cast_like, helper, kernel, muladd, split_like, wide_vectors
 
 #: Rows per task of :func:`row_forward`.
 FORWARD_ROWS_PER_TASK = 8
@@ -358,6 +358,24 @@ def _scale_and_sum_next(v, r, scale, w):
     return s
 
 
+@helper(inline=True)
+def _scale_task(v, g, rows_per_task, k, w, rstd):
+    """Task ``k`` of :func:`row_scale_forward`: its rows' ``rstd`` and ``w``."""
+    rows, n = v.shape
+    r0 = k * rows_per_task
+    r1 = min(rows, r0 + rows_per_task)
+    s = _sum_of_squares(v, r0)
+    for r in range(r0, r1):
+        rs = 1.0 / np.sqrt(s)
+        rstd[r] = rs
+        scale = cast_like(v, g[r] * rs)
+        if r + 1 < r1:
+            s = _scale_and_sum_next(v, r, scale, w)
+        else:
+            for j in range(n):
+                w[r, j] = v[r, j] * scale
+
+
 @kernel
 def row_scale_forward(v, g, rows_per_task, w, rstd):
     """Weight norm per row of ``v``: ``rstd = 1/||v||``, ``w = v * (g * rstd)``.
@@ -392,20 +410,34 @@ def row_scale_forward(v, g, rows_per_task, w, rstd):
     69 against 80 us; in parallel, where the tasks' arrays hold no
     reference, 256x128x3x3 2% faster).
     """
-    rows, n = v.shape
+    rows = v.shape[0]
     for k in prange((rows + rows_per_task - 1) // rows_per_task):
-        r0 = k * rows_per_task
-        r1 = min(rows, r0 + rows_per_task)
-        s = _sum_of_squares(v, r0)
-        for r in range(r0, r1):
-            rs = 1.0 / np.sqrt(s)
-            rstd[r] = rs
-            scale = cast_like(v, g[r] * rs)
-            if r + 1 < r1:
-                s = _scale_and_sum_next(v, r, scale, w)
-            else:
-                for j in range(n):
-                    w[r, j] = v[r, j] * scale
+        _scale_task(v, g, rows_per_task, k, w, rstd)
+
+
+@kernel
+def new_row_scale_forward(v, g, rows, rows_per_task):
+    """:func:`row_scale_forward` into arrays it allocates: ``(w, rstd)``.
+
+    ``v`` is C-contiguous, of any shape whose ``rows`` rows of
+    ``v.size // rows`` values are consecutive in memory, ``g`` C-contiguous
+    with ``rows`` values; ``w`` has ``v``'s shape and dtype and starts on a
+    cache line. The same tasks as :func:`row_scale_forward`, the same bits.
+
+    For small weights: one compiled call instead of the Python steps around
+    one (two allocations, three views, the kernel's dispatch), which took
+    3 of weight norm 256x128x3x3 forward's 23 us (public function,
+    alternating in one process: 19.8 us so).
+    """
+    n = v.size // rows
+    vk = v.reshape((rows, n))
+    gk = g.reshape((rows,))
+    w = aligned_empty(v.size, v)
+    wk = w.reshape((rows, n))
+    rstd = np.empty(rows)
+    for k in prange((rows + rows_per_task - 1) // rows_per_task):
+        _scale_task(vk, gk, rows_per_task, k, wk, rstd)
+    return w.reshape(v.shape), rstd
 
 
 @kernel
