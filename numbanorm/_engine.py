@@ -469,15 +469,18 @@ def weight_norm_forward_steps(kshape):
     return steps
 
 
-def weight_norm_forward_new_steps(kshape, dtype, g):
+def weight_norm_forward_new_call(kshape, dtype, g):
     """Weight norm forward in one compiled call that allocates its outputs
-    too: ``steps(v, g) -> (w, rstd)`` for a C-contiguous ``v`` of ``dtype``
-    whose kernel view is its reshape to ``kshape``, and a ``g`` of this
-    one's shape, dtype and strides (the caller's runner key holds them).
-    The same results as :func:`weight_norm_forward_steps`. None where those
-    steps serve better or this kernel does not apply: outputs from the sizes
-    that reused blocks serve on (:mod:`numbanorm._buffers`), an empty ``v``,
-    a ``g`` that is not C-contiguous float32 or float64."""
+    too: ``(kernel, args)``, and ``kernel(v, g, *args) -> (w, rstd)`` for a
+    C-contiguous ``v`` of ``dtype`` whose kernel view is its reshape to
+    ``kshape`` and a ``g`` of this one's shape, dtype and strides (a runner
+    key holds them). The same results as :func:`weight_norm_forward_steps`.
+    The kernel's build is chosen here, once (:meth:`Kernel.for_size` weighs
+    the size and the pool's wait policy, measured once a process): the
+    runner calls it with nothing in between. None where those steps serve
+    better or this kernel does not apply: outputs of the sizes that reused
+    blocks serve (:mod:`numbanorm._buffers`), an empty ``v``, a ``g`` that
+    is not C-contiguous float32 or float64."""
     rows, length = kshape
     elements = rows * length
     if (
@@ -489,12 +492,7 @@ def weight_norm_forward_new_steps(kshape, dtype, g):
     ):
         return None
     rows_per_task = SCALE_ROWS_PER_TASK if length >= SCALE_PIPELINE_MIN_LENGTH else 1
-    kernel = backend.new_row_scale_forward
-
-    def steps(v, g):
-        return kernel.for_size(elements)(v, g, rows, rows_per_task)
-
-    return steps
+    return backend.new_row_scale_forward.for_size(elements), (rows, rows_per_task)
 
 
 @functools.lru_cache(maxsize=256)

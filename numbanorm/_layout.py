@@ -441,22 +441,14 @@ def keep_runner(key, run):
     return run
 
 
-def forward(key, engine, view, dtype, result, steps, saved, x, params, out, new_steps=None):
+def forward(key, engine, view, dtype, result, steps, saved, x, params, out):
     """The end of a checked forward call: ``steps(xk, yk, *params)``
     (``engine.*_steps``) on the kernel views of ``x`` and of the output, and
     ``saved`` of what it returns for the caller. For a host call that
     :func:`flat` allows, a runner ``run(x, *params)`` kept under ``key``
     does it, this call first: ``x`` reshaped, a new output, the steps of
-    ``to_kernel`` and ``output`` that apply; or, when the caller has them
-    for this call (``new_steps`` a function, not None), ``new_steps(x,
-    *params) -> (y, stats)``, which do all of that in one compiled call."""
+    ``to_kernel`` and ``output`` that apply."""
     if flat(key, x, view, dtype, result):
-        if new_steps is not None:
-            def run_new(x, *params):
-                y, stats = new_steps(x, *params)
-                return y, saved(stats)
-
-            return keep_runner(key, run_new)(x, *params)
         kshape = view.kshape
         new_output = _buffers.empty_maker(view.shape, dtype)
 

@@ -13,7 +13,9 @@ from ._layout import (
     compute_dtype,
     dtype_result,
     engine_for,
+    flat,
     forward,
+    keep_runner,
     normalize_axis,
     param_grad_dtype,
     row_view,
@@ -95,16 +97,36 @@ def weight_norm(v, g, *, axis=0):
         run = runners.get(key)
         if run is not None:
             return run(v, g)
-    v, engine, device, result, dtype, g, view, stat_shape = _prepare(v, g, axis)
-    steps = engine.weight_norm_forward_steps(view.kshape)
-    # Host arrays only: a runner's whole call compiled, for small weights.
-    new_steps = None if device else engine.weight_norm_forward_new_steps(view.kshape, dtype, g)
+    v, engine, _, result, dtype, g, view, stat_shape = _prepare(v, g, axis)
     reshape = (view.kshape[0],) != stat_shape
+    if flat(key, v, view, dtype, result):  # a host call: the CPU engine
+        call = engine.weight_norm_forward_new_call(view.kshape, dtype, g)
+        if call is not None:
+            return keep_runner(key, _compiled_runner(*call, stat_shape if reshape else None))(v, g)
+    steps = engine.weight_norm_forward_steps(view.kshape)
 
     def saved(rstd):
         return NormStats(None, rstd.reshape(stat_shape) if reshape else rstd, True, False)
 
-    return forward(key, engine, view, dtype, result, steps, saved, v, (g,), None, new_steps)
+    return forward(key, engine, view, dtype, result, steps, saved, v, (g,), None)
+
+
+def _compiled_runner(kernel, args, stat_shape):
+    """The runner of a small weight's forward, done in one compiled call
+    (:func:`numbanorm._engine.weight_norm_forward_new_call`): the call and
+    the ``NormStats``, nothing in between (the runner of
+    :func:`numbanorm._layout.forward` and the steps it calls took 0.85 us
+    more of weight norm 256x128x3x3 forward's 22 us). ``stat_shape`` is
+    where the statistics are not one per row (``axis=None``), else None."""
+    if stat_shape is None:
+        def run(v, g):
+            w, rstd = kernel(v, g, *args)
+            return w, NormStats(None, rstd, True, False)
+    else:
+        def run(v, g):
+            w, rstd = kernel(v, g, *args)
+            return w, NormStats(None, rstd.reshape(stat_shape), True, False)
+    return run
 
 
 def weight_norm_backward(dw, v, g, saved, *, axis=0):

@@ -7,7 +7,7 @@ import pytest
 import numbanorm as nn
 import reference as ref
 from helpers import assert_close, normal
-from numbanorm import _jit
+from numbanorm import _jit, _layout
 
 # Shapes large enough to split into many tasks and partial-sum blocks.
 CASES = {
@@ -39,10 +39,13 @@ def _run(name, x, dy, w, b):
 @pytest.fixture
 def build(monkeypatch):
     """``build("serial")`` or ``build("parallel")``: every kernel call runs that
-    build, whatever the input's size and the thread pool's wait policy."""
+    build, whatever the input's size and the thread pool's wait policy (the
+    runners go too: weight norm's small forward picks its build once, when
+    its runner is made)."""
 
     def force(which):
         monkeypatch.setattr(_jit.Kernel, "for_size", lambda self, elements: getattr(self, which))
+        _layout.runners.clear()
 
     return force
 

@@ -105,7 +105,7 @@ def test_small_weights_in_one_compiled_call_give_the_bits_of_the_general_steps(
     dtype, shape, axis, gshape, read_only, rng
 ):
     # A C-contiguous v under the reused-block sizes runs the kernel that
-    # allocates its outputs itself (_engine.weight_norm_forward_new_steps); a
+    # allocates its outputs itself (_engine.weight_norm_forward_new_call); a
     # Fortran-ordered copy takes the general steps (a copy to kernel layout,
     # row_scale_forward into a buffer made in Python).
     v = normal(rng, shape, dtype, loc=0.3)
@@ -114,10 +114,11 @@ def test_small_weights_in_one_compiled_call_give_the_bits_of_the_general_steps(
         v.setflags(write=False)
         g.setflags(write=False)
     rows = 1 if axis is None else shape[0]
-    new_steps = _engine.weight_norm_forward_new_steps((rows, v.size // rows), v.dtype, g)
-    assert new_steps is not None
+    call = _engine.weight_norm_forward_new_call((rows, v.size // rows), v.dtype, g)
+    assert call is not None
+    kernel, args = call
     w, saved = nn.weight_norm(v, g, axis=axis)
-    w_direct, rstd_direct = new_steps(v, g)
+    w_direct, rstd_direct = kernel(v, g, *args)
     w_general, saved_general = nn.weight_norm(np.asfortranarray(v), g, axis=axis)
     assert w.shape == shape and w.dtype == dtype and w.flags.c_contiguous and w.flags.writeable
     assert saved.rstd.shape == saved_general.rstd.shape
@@ -129,10 +130,10 @@ def test_small_weights_in_one_compiled_call_give_the_bits_of_the_general_steps(
 def test_weights_the_compiled_call_does_not_take_go_the_general_way(rng):
     g = normal(rng, (8,), np.float32)
     # outputs of the sizes that reused blocks serve, a float16 g, a strided g
-    assert _engine.weight_norm_forward_new_steps((8, 1 << 20), np.dtype(np.float32), g) is None
-    assert _engine.weight_norm_forward_new_steps((8, 9), np.dtype(np.float32), g.astype(np.float16)) is None
+    assert _engine.weight_norm_forward_new_call((8, 1 << 20), np.dtype(np.float32), g) is None
+    assert _engine.weight_norm_forward_new_call((8, 9), np.dtype(np.float32), g.astype(np.float16)) is None
     strided = normal(rng, (16,), np.float32)[::2]
-    assert _engine.weight_norm_forward_new_steps((8, 9), np.dtype(np.float32), strided) is None
+    assert _engine.weight_norm_forward_new_call((8, 9), np.dtype(np.float32), strided) is None
     v = normal(rng, (8, 9), np.float32, loc=0.3)
     nn.weight_norm(v, strided.copy())  # keeps a runner for a contiguous g of this shape
     w, saved = nn.weight_norm(v, strided)  # the general steps, the same numbers
