@@ -23,7 +23,9 @@ shapes) and returns the steps a call runs, ``steps(xk, yk, *params)`` forward
 and ``steps(dyk, xk, dxk, stats, *params)`` backward, ``stats`` the saved
 statistics as the forward steps returned them. The public functions ask for
 them once per call signature (see the runners in :mod:`numbanorm._layout`);
-the CUDA engine has the same ones.
+the CUDA engine has the same ones. One more is host-only, as runners are:
+:func:`weight_norm_forward_new_call`, a whole small forward in one
+compiled call.
 """
 
 import functools
