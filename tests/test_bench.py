@@ -4,6 +4,7 @@ baseline of every benchmark case compute the same function."""
 import numpy as np
 import pytest
 
+from numbanorm import bench
 from numbanorm.bench import Case, _rows
 
 torch = pytest.importorskip("torch")
@@ -47,3 +48,16 @@ def test_gpu_bench_skips_cleanly_without_a_gpu(capsys):
         pytest.skip("a GPU is present")
     assert main(["--device", "cuda"]) == 0
     assert "no CUDA GPU available" in capsys.readouterr().out
+
+
+def test_each_library_follows_the_floor_in_half_the_rounds():
+    # The burst right after the floor's single-threaded copy runs slower;
+    # with one fixed order the first library would always have that place.
+    calls = []
+    fns = [lambda: calls.append("ours"), lambda: calls.append("theirs"), lambda: calls.append("floor")]
+    bench._time(fns, budget=1.0, burst=1)
+    timed = calls[6:]  # after the warm-up call and the sizing call of each
+    assert len(timed) == 3 * 60 and timed[-1] == "floor"
+    after_floor = [timed[i + 1] for i in range(len(timed) - 1) if timed[i] == "floor"]
+    assert (after_floor.count("theirs"), after_floor.count("ours")) == (30, 29)
+    assert timed.count("ours") == timed.count("theirs") == timed.count("floor") == 60
