@@ -139,6 +139,12 @@ def _take(nbytes):
         return entry
 
 
+def reuses(nbytes, min_bytes=None):
+    """Whether an array of ``nbytes`` comes from a reused block in
+    :func:`empty_maker` (``min_bytes`` as there)."""
+    return nbytes >= (REUSE_MIN_BYTES if min_bytes is None else min_bytes)
+
+
 def empty_maker(shape, dtype, min_bytes=None):
     """The function of no arguments that gives ``np.empty(shape, dtype)``
     (``dtype`` a ``np.dtype``); when it has at least ``min_bytes`` (default
@@ -151,7 +157,7 @@ def empty_maker(shape, dtype, min_bytes=None):
     costs several microseconds, and working out the size and the kind of
     array is three of them."""
     nbytes = math.prod(shape) * dtype.itemsize
-    if nbytes >= (REUSE_MIN_BYTES if min_bytes is None else min_bytes):
+    if reuses(nbytes, min_bytes):
         size = nbytes + START_BYTES
 
         def reused():

@@ -74,6 +74,11 @@ SCALE_PIPELINE_MIN_LENGTH = 4096
 SCALE_ROWS_PER_TASK = 16
 
 
+def _scale_rows_per_task(length):
+    """Rows per task of weight norm's forward on rows of ``length`` values."""
+    return SCALE_ROWS_PER_TASK if length >= SCALE_PIPELINE_MIN_LENGTH else 1
+
+
 #: Element types the CPU kernels take.
 _KERNEL_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -458,7 +463,7 @@ def weight_norm_forward_steps(kshape):
     -> rstd`` writes ``w = g[r] * v / ||v[r]||`` per row into ``wk`` and
     returns float64 ``1/||v||``."""
     rows, length = kshape
-    rows_per_task = SCALE_ROWS_PER_TASK if length >= SCALE_PIPELINE_MIN_LENGTH else 1
+    rows_per_task = _scale_rows_per_task(length)
     kernel = backend.row_scale_forward
     elements = rows * length
     new_stats = _buffers.stats_maker((rows,))
@@ -487,13 +492,13 @@ def weight_norm_forward_new_call(kshape, dtype, g):
     elements = rows * length
     if (
         elements == 0
-        or elements * dtype.itemsize >= _buffers.REUSE_MIN_BYTES
-        or rows * 8 >= _buffers.STATS_REUSE_MIN_BYTES
+        or _buffers.reuses(elements * dtype.itemsize)
+        or _buffers.reuses(rows * 8, _buffers.STATS_REUSE_MIN_BYTES)
         or g.dtype not in _KERNEL_FLOATS
         or not g.flags.c_contiguous
     ):
         return None
-    rows_per_task = SCALE_ROWS_PER_TASK if length >= SCALE_PIPELINE_MIN_LENGTH else 1
+    rows_per_task = _scale_rows_per_task(length)
     return backend.new_row_scale_forward.for_size(elements), (rows, rows_per_task)
 
 

@@ -118,14 +118,12 @@ def _compiled_runner(kernel, args, stat_shape):
     :func:`numbanorm._layout.forward` and the steps it calls took 0.85 us
     more of weight norm 256x128x3x3 forward's 22 us). ``stat_shape`` is
     where the statistics are not one per row (``axis=None``), else None."""
-    if stat_shape is None:
-        def run(v, g):
-            w, rstd = kernel(v, g, *args)
-            return w, NormStats(None, rstd, True, False)
-    else:
-        def run(v, g):
-            w, rstd = kernel(v, g, *args)
-            return w, NormStats(None, rstd.reshape(stat_shape), True, False)
+
+    def run(v, g):
+        w, rstd = kernel(v, g, *args)
+        saved = rstd if stat_shape is None else rstd.reshape(stat_shape)
+        return w, NormStats(None, saved, True, False)
+
     return run
 
 
