@@ -6,7 +6,7 @@ function returning the gradients, and a stateful layer (``BatchNorm``,
 formulas.
 """
 
-from ._buffers import release_memory
+from ._cpu.memory import release_memory
 from ._grouped_norms import (
     batch_norm,
     batch_norm_backward,

@@ -14,16 +14,17 @@ from ._layout import (
     check_like,
     check_out,
     check_param,
+    check_saved,
     check_stats,
     compute_dtype,
     engine_for,
     forward,
     normalize_axis,
-    param_grads,
-    param_grads_maker,
-    param_key,
+    not_masked,
+    grads_maker,
     require_nonempty_reduction,
     result_dtype,
+    runner_key,
     runners,
     shares_memory,
     writeable,
@@ -50,18 +51,20 @@ def _prepare(x, axis, weight, bias, batched):
 # ------------------------------------------------------------ batch norm ---
 
 
-def _check_running(a, channels, name, x, device):
+def _check_running(a, channels, name, x, device, training):
     if a is None:
         return None
     if device:
         a = as_array(a, name, device)
     elif not isinstance(a, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray (it is updated in place)")
+    else:
+        not_masked(a, name)
     if a.dtype.kind != "f":
         raise TypeError(f"{name} must be a float array, got dtype {a.dtype}")
     if tuple(a.shape) != (channels,):
         raise ValueError(f"{name} must have shape ({channels},), got {tuple(a.shape)}")
-    if not writeable(a, device):
+    if training and not writeable(a, device):
         raise ValueError(f"{name} is read-only, but training mode updates it in place")
     if shares_memory(a, x, device):
         raise ValueError(f"{name} must not share memory with x")
@@ -136,9 +139,9 @@ def batch_norm(
         raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must be given together")
-    running_mean = _check_running(running_mean, channels, "running_mean", x, device)
-    running_var = _check_running(running_var, channels, "running_var", x, device)
-    if running_mean is not None and shares_memory(running_mean, running_var, device):
+    running_mean = _check_running(running_mean, channels, "running_mean", x, device, training)
+    running_var = _check_running(running_var, channels, "running_var", x, device, training)
+    if training and running_mean is not None and shares_memory(running_mean, running_var, device):
         raise ValueError("running_mean and running_var must not share memory")
     count = view.kshape[1] * view.kshape[3]
     require_nonempty_reduction(count, "channel axis {} of shape {}", axis, shape)
@@ -156,19 +159,42 @@ def batch_norm(
         device=device,
     )
 
-    xk = engine.to_kernel(view, x, dtype)
-    if training:
-        mean, var = engine.group_moments(xk, channels)
-        mean, var = mean.reshape(channels), var.reshape(channels)
-    else:
-        mean = engine.float64_copy(running_mean)
-        var = engine.float64_copy(running_var)
-    rstd = engine.rstd_of(var, eps)
-    yk, finish = engine.output(view, dtype, result, out)
-    engine.group_apply(xk, mean.reshape(1, channels), rstd.reshape(1, channels), w, b, yk)
-    if training and running_mean is not None:
-        engine.running_update(running_mean, running_var, mean, var, momentum, count / (count - 1))
-    return finish(), NormStats(mean, rstd, bool(training), bias is not None)
+    steps = _batch_forward_steps(engine, view.kshape, bool(training))
+    has_bias = bias is not None
+
+    def saved(stats):
+        mean, rstd = stats
+        return NormStats(mean, rstd, bool(training), has_bias)
+
+    params = (w, b, eps, running_mean, running_var, momentum)
+    return forward(None, engine, view, dtype, result, steps, saved, x, params, out)
+
+
+def _batch_forward_steps(engine, kshape, training):
+    """Batch norm forward on ``engine`` for kernel arrays of shape ``kshape``:
+    ``steps(xk, yk, weight, bias, eps, running_mean, running_var, momentum)
+    -> (mean, rstd)``, per channel (float64), from ``x`` itself when
+    ``training`` (then updating the running statistics, when given) or from
+    the running statistics."""
+    _, p, channels, q = kshape
+    count = p * q
+
+    def steps(xk, yk, weight, bias, eps, running_mean, running_var, momentum):
+        if training:
+            mean, var = engine.group_moments(xk, channels)
+            mean, var = mean.reshape(channels), var.reshape(channels)
+        else:
+            mean = engine.float64_copy(running_mean)
+            var = engine.float64_copy(running_var)
+        rstd = engine.rstd_of(var, eps)
+        engine.group_apply(xk, mean.reshape(1, channels), rstd.reshape(1, channels),
+                           weight, bias, yk)
+        if training and running_mean is not None:
+            unbiased = count / (count - 1)
+            engine.running_update(running_mean, running_var, mean, var, momentum, unbiased)
+        return mean, rstd
+
+    return steps
 
 
 def batch_norm_backward(dy, x, saved, weight=None, *, axis=1):
@@ -200,6 +226,7 @@ def batch_norm_backward(dy, x, saved, weight=None, *, axis=1):
     dweight, dbias : ndarray or None
         Gradients of the affine parameters (None when absent).
     """
+    check_saved(saved)
     x, device, result, dtype, w, _, view = _prepare(x, axis, weight, None, batched=False)
     engine = engine_for(device)
     channels = view.kshape[2]
@@ -207,13 +234,21 @@ def batch_norm_backward(dy, x, saved, weight=None, *, axis=1):
     mean = check_stats(saved.mean, (channels,), "saved.mean", engine, device)
     rstd = check_stats(saved.rstd, (channels,), "saved.rstd", engine, device)
     has_bias = bool(saved.has_bias)
-    dxk, finish = engine.output(view, dtype, result, None)
-    dw, db = engine.group_backward(
-        engine.to_kernel(view, dy, dtype), engine.to_kernel(view, x, dtype),
-        mean.reshape(1, channels), rstd.reshape(1, channels), w,
-        bool(saved.training), weight is not None or has_bias, dxk,
-    )
-    return (finish(), *param_grads(engine, dw, db, w, has_bias, result, (channels,)))
+    batch_stats = bool(saved.training)
+    param_grads = weight is not None or has_bias
+
+    def steps(dyk, xk, dxk, stats, weight):
+        mean, rstd = stats
+        return engine.group_backward(
+            dyk, xk, mean.reshape(1, channels), rstd.reshape(1, channels), weight,
+            batch_stats, param_grads, dxk,
+        )
+
+    def statistics(saved):
+        return mean, rstd
+
+    grads = grads_maker(engine, w, has_bias, result, (channels,))
+    return backward(None, engine, view, dtype, result, steps, statistics, grads, dy, x, saved, (w,))
 
 
 # ----------------------------------------------- group and instance norm ---
@@ -237,17 +272,11 @@ def _check_groups(num_groups, channels):
 
 def _grouped_forward(x, groups, weight, bias, axis, eps, out, per_channel):
     key = None
-    if (
-        type(x) is np.ndarray and out is None and type(axis) is int
-        and (per_channel or type(groups) is int)
-    ):
-        key = (
-            "grouped forward", per_channel, groups, axis, x.shape, x.dtype, x.strides,
-            param_key(weight), param_key(bias),
-        )
-        run = runners.get(key)
-        if run is not None:
-            return run(x, weight, bias, check_eps(eps))
+    if out is None:
+        key = runner_key("grouped forward", (per_channel, groups, axis), x, weight, bias)
+    run = runners.get(key)
+    if run is not None:
+        return run(x, weight, bias, check_eps(eps))
     x, device, result, dtype, w, b, view = _prepare(x, axis, weight, bias, batched=True)
     engine = engine_for(device)
     n, p, channels, q = view.kshape
@@ -270,19 +299,13 @@ def _grouped_forward(x, groups, weight, bias, axis, eps, out, per_channel):
 
 
 def _grouped_backward(dy, x, saved, weight, axis, per_channel):
-    key = None
-    if (
-        type(x) is np.ndarray and type(dy) is np.ndarray and type(axis) is int
-        and type(getattr(saved, "rstd", None)) is np.ndarray
-    ):
-        key = (
-            "grouped backward", per_channel, bool(saved.has_bias), axis, saved.rstd.shape, x.shape,
-            x.dtype, x.strides, dy.shape, dy.dtype, dy.strides,
-            param_key(weight),
-        )
-        run = runners.get(key)
-        if run is not None:
-            return run(dy, x, saved, weight)
+    rstd = check_saved(saved).rstd
+    key = runner_key(
+        "grouped backward", (per_channel, bool(saved.has_bias), axis), x, dy, weight, rstd
+    )
+    run = runners.get(key)
+    if run is not None:
+        return run(dy, x, saved, weight)
     x, device, result, dtype, w, _, view = _prepare(x, axis, weight, None, batched=True)
     engine = engine_for(device)
     n, _, channels, _ = view.kshape
@@ -299,7 +322,7 @@ def _grouped_backward(dy, x, saved, weight, axis, per_channel):
         )
     has_bias = bool(saved.has_bias)
     steps = engine.sample_backward_steps(view.kshape, groups, weight is not None or has_bias)
-    grads = param_grads_maker(engine, w, has_bias, result, (channels,))
+    grads = grads_maker(engine, w, has_bias, result, (channels,))
     stat_shape = (n, groups)
 
     def statistics(saved):

@@ -18,6 +18,7 @@ from ._grouped_norms import (
     instance_norm,
     instance_norm_backward,
 )
+from ._layout import check_eps, normalize_axis, not_masked
 from ._moments import moments
 from ._row_norms import layer_norm, layer_norm_backward, rms_norm, rms_norm_backward
 from ._weight_norm import weight_norm, weight_norm_backward
@@ -114,12 +115,59 @@ class _Layer:
         return ""
 
 
-def _real_positive(value, name, allow_none=False):
+def _eps(value, allow_none=False):
+    """A layer's ``eps``: finite and >= 0 (or None where the dtype decides)."""
     if value is None and allow_none:
         return None
+    return check_eps(value)
+
+
+def _count(value, name):
+    """A positive int (a number of features, channels or groups)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value!r}")
+    return int(value)
+
+
+def _momentum(value):
+    """A running-statistics momentum in [0, 1], or None (cumulative average)."""
+    if value is None:
+        return None
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
+        raise TypeError(f"momentum must be a real number or None, got {value!r}")
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"momentum must be in [0, 1], got {value!r}")
     return float(value)
+
+
+def _channel_axis(axis):
+    """A channel axis: an int (checked against ``x`` at each call)."""
+    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, numbers.Integral):
+        raise TypeError(f"axis must be an int, got {axis!r}")
+    return int(axis)
+
+
+def _normalized_shape(normalized_shape):
+    """``normalized_shape`` as a tuple of positive ints."""
+    if isinstance(normalized_shape, numbers.Integral):
+        normalized_shape = (normalized_shape,)
+    shape = tuple(normalized_shape)
+    if not shape:
+        raise ValueError("normalized_shape must name at least one dimension")
+    return tuple(_count(s, "normalized_shape") for s in shape)
+
+
+def _check_trailing_shape(x, normalized_shape):
+    """``x``'s trailing dimensions must be ``normalized_shape`` (PyTorch's error)."""
+    shape = tuple(x.shape) if hasattr(x, "shape") else np.shape(x)
+    n = len(normalized_shape)
+    if len(shape) < n or shape[len(shape) - n:] != normalized_shape:
+        raise ValueError(
+            f"Given normalized_shape={list(normalized_shape)}, expected input with shape "
+            f"[*, {', '.join(map(str, normalized_shape))}], but got input of size {list(shape)}"
+        )
 
 
 class LayerNorm(_Layer):
@@ -147,14 +195,14 @@ class LayerNorm(_Layer):
     def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True,
                  dtype=np.float32):
         super().__init__()
-        shape = (normalized_shape,) if isinstance(normalized_shape, numbers.Integral) else tuple(normalized_shape)
-        self.normalized_shape = tuple(int(s) for s in shape)
-        self.eps = _real_positive(eps, "eps")
+        self.normalized_shape = _normalized_shape(normalized_shape)
+        self.eps = _eps(eps)
         self.weight = np.ones(self.normalized_shape, dtype) if elementwise_affine else None
         self.bias = np.zeros(self.normalized_shape, dtype) if elementwise_affine and bias else None
         self.axis = tuple(range(-len(self.normalized_shape), 0))
 
     def _norm(self, x):
+        _check_trailing_shape(x, self.normalized_shape)
         return layer_norm(x, self.weight, self.bias, axis=self.axis, eps=self.eps)
 
     def _norm_backward(self, dy, x, saved):
@@ -187,9 +235,8 @@ class RMSNorm(_Layer):
 
     def __init__(self, normalized_shape, eps=None, elementwise_affine=True, dtype=np.float32):
         super().__init__()
-        shape = (normalized_shape,) if isinstance(normalized_shape, numbers.Integral) else tuple(normalized_shape)
-        self.normalized_shape = tuple(int(s) for s in shape)
-        self.eps = _real_positive(eps, "eps", allow_none=True)
+        self.normalized_shape = _normalized_shape(normalized_shape)
+        self.eps = _eps(eps, allow_none=True)
         self.weight = np.ones(self.normalized_shape, dtype) if elementwise_affine else None
         self.axis = tuple(range(-len(self.normalized_shape), 0))
 
@@ -200,6 +247,7 @@ class RMSNorm(_Layer):
         return float(np.finfo(dtype if dtype.kind == "f" else np.float64).eps)
 
     def _norm(self, x):
+        _check_trailing_shape(x, self.normalized_shape)
         return rms_norm(x, self.weight, axis=self.axis, eps=self._eps_for(x))
 
     def _norm_backward(self, dy, x, saved):
@@ -217,10 +265,10 @@ class _RunningStatsNorm(_Layer):
 
     def __init__(self, num_features, eps, momentum, affine, track_running_stats, axis, dtype):
         super().__init__()
-        self.num_features = int(num_features)
-        self.eps = _real_positive(eps, "eps")
-        self.momentum = _real_positive(momentum, "momentum", allow_none=True)
-        self.axis = axis
+        self.num_features = _count(num_features, "num_features")
+        self.eps = _eps(eps)
+        self.momentum = _momentum(momentum)
+        self.axis = _channel_axis(axis)
         self.weight = np.ones(self.num_features, dtype) if affine else None
         self.bias = np.zeros(self.num_features, dtype) if affine else None
         self.track_running_stats = bool(track_running_stats)
@@ -325,13 +373,15 @@ class GroupNorm(_Layer):
     def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, axis=1,
                  dtype=np.float32):
         super().__init__()
+        num_groups = _count(num_groups, "num_groups")
+        num_channels = _count(num_channels, "num_channels")
         if num_channels % num_groups:
             raise ValueError(
                 f"num_groups={num_groups} must divide num_channels={num_channels}"
             )
-        self.num_groups, self.num_channels = int(num_groups), int(num_channels)
-        self.eps = _real_positive(eps, "eps")
-        self.axis = axis
+        self.num_groups, self.num_channels = num_groups, num_channels
+        self.eps = _eps(eps)
+        self.axis = _channel_axis(axis)
         self.weight = np.ones(self.num_channels, dtype) if affine else None
         self.bias = np.zeros(self.num_channels, dtype) if affine else None
 
@@ -370,9 +420,9 @@ class InstanceNorm(_Layer):
 
     def __init__(self, num_features, eps=1e-5, affine=False, axis=1, dtype=np.float32):
         super().__init__()
-        self.num_features = int(num_features)
-        self.eps = _real_positive(eps, "eps")
-        self.axis = axis
+        self.num_features = _count(num_features, "num_features")
+        self.eps = _eps(eps)
+        self.axis = _channel_axis(axis)
         self.weight = np.ones(self.num_features, dtype) if affine else None
         self.bias = np.zeros(self.num_features, dtype) if affine else None
 
@@ -407,17 +457,18 @@ class WeightNorm(_Layer):
 
     def __init__(self, weight, axis=0):
         super().__init__()
-        v = np.array(weight, copy=True)
+        v = np.array(not_masked(weight, "weight"), copy=True)
         if v.dtype.kind != "f":
             v = v.astype(np.float64)
+        if axis is not None:
+            axis = normalize_axis(axis, v.ndim)
         self.axis = axis
         if axis is None:
             g_shape = (1,) * v.ndim
             norm = np.sqrt((v.astype(np.float64) ** 2).sum())
         else:
-            ax = axis % v.ndim
-            g_shape = tuple(s if i == ax else 1 for i, s in enumerate(v.shape))
-            other = tuple(i for i in range(v.ndim) if i != ax)
+            g_shape = tuple(s if i == axis else 1 for i, s in enumerate(v.shape))
+            other = tuple(i for i in range(v.ndim) if i != axis)
             norm = np.sqrt((v.astype(np.float64) ** 2).sum(axis=other))
         self.weight_v = v
         self.weight_g = np.asarray(norm, dtype=v.dtype).reshape(g_shape)
@@ -463,9 +514,14 @@ def precise_batch_norm_stats(layer, batches):
     if not isinstance(layer, BatchNorm) or not layer.track_running_stats:
         raise TypeError("precise_batch_norm_stats needs a BatchNorm with track_running_stats=True")
     total = None
-    for batch in batches:
-        batch = np.asarray(batch)
-        axis = layer.axis % batch.ndim
+    for index, batch in enumerate(batches):
+        batch = not_masked(batch, "batch") if isinstance(batch, np.ndarray) else np.asarray(batch)
+        axis = normalize_axis(layer.axis, batch.ndim, "the layer's axis")
+        if batch.shape[axis] != layer.num_features:
+            raise ValueError(
+                f"batch {index} has {batch.shape[axis]} channels on axis {layer.axis} (shape "
+                f"{batch.shape}), but the layer has num_features={layer.num_features}"
+            )
         reduce = tuple(i for i in range(batch.ndim) if i != axis)
         m = moments(batch, axis=reduce)
         total = m if total is None else total.merge(m)

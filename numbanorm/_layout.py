@@ -21,7 +21,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _buffers, _engine
+from ._cpu import engine as _engine
+from ._cpu import memory
+from ._types import NormStats
 
 _MIXED = (
     "{name} is {what} array but x is {other}: every array of one call must be on "
@@ -82,10 +84,10 @@ def result_dtype(x, name="x"):
     """
     if x.dtype in _FLOATS:  # the common case, fast
         return x.dtype
-    return dtype_result(x.dtype, name)
+    return result_dtype_of(x.dtype, name)
 
 
-def dtype_result(dtype, name="x"):
+def result_dtype_of(dtype, name="x"):
     """:func:`result_dtype` for an array of ``dtype``."""
     if dtype in _FLOATS:
         return dtype
@@ -93,7 +95,7 @@ def dtype_result(dtype, name="x"):
     if kind in "biu":
         return _FLOAT64
     if kind == "f" and dtype.itemsize <= 8:
-        return dtype
+        return dtype.newbyteorder("=")  # big-endian input: the native dtype of its precision
     raise TypeError(
         f"{name} must be a real array (float16, float32, float64, integer or bool), "
         f"got dtype {dtype}"
@@ -131,11 +133,26 @@ def as_array(x, name="x", device=False):
             f"got {type(x).__name__}"
         )
     if isinstance(x, np.ndarray):
-        return x
+        return not_masked(x, name)
     try:
         return np.asarray(x)
     except Exception as exc:  # pragma: no cover - numpy's own message is kept
         raise TypeError(f"{name} could not be converted to an array: {exc}") from exc
+
+
+def not_masked(a, name):
+    """``a``, which must not be a NumPy masked array: its mask would be ignored."""
+    if isinstance(a, np.ma.MaskedArray):
+        raise TypeError(
+            f"{name} is a masked array, and numbanorm does not support masks: pass "
+            f"{name}.filled(value) or {name}.data to normalize every value"
+        )
+    return a
+
+
+def same_dtype(a, b):
+    """Whether dtypes ``a`` and ``b`` are the same type, in either byte order."""
+    return a == b or a.newbyteorder("=") == b.newbyteorder("=")
 
 
 # ------------------------------------------------------------ arguments ---
@@ -207,13 +224,6 @@ def param_grad_dtype(p):
     return result_dtype(p, "parameter")
 
 
-def param_grads(engine, dweight, dbias, weight, has_bias, result, shape):
-    """Affine-parameter gradients as returned to the caller: new arrays shaped
-    ``shape``, in the weight's dtype (the result's without a weight), ``None``
-    for a parameter the forward pass did not have."""
-    return param_grads_maker(engine, weight, has_bias, result, shape)((dweight, dbias))
-
-
 def _param_grad(engine, grad, dtype, shape):
     """``grad`` (new, the engine's) as ``dtype`` and ``shape``: itself when it
     already is (no copy), else a new array."""
@@ -229,7 +239,7 @@ def check_like(a, shape, dtype, name, like="x", device=False):
         raise ValueError(
             f"{name} must have the shape of {like}, {tuple(shape)}, got {tuple(a.shape)}"
         )
-    if a.dtype != dtype:
+    if not same_dtype(a.dtype, dtype):
         raise TypeError(f"{name} must have dtype {dtype} (that of {like}), got {a.dtype}")
     return a
 
@@ -244,9 +254,11 @@ def check_out(out, shape, dtype, inputs, name="out", device=False):
         out = as_array(out, name, device)
     elif not isinstance(out, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
+    else:
+        not_masked(out, name)
     if tuple(out.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(out.shape)}")
-    if out.dtype != dtype:
+    if not same_dtype(out.dtype, dtype):
         raise TypeError(f"{name} must have dtype {dtype}, got {out.dtype}")
     if not writeable(out, device):
         raise ValueError(f"{name} is read-only")
@@ -254,6 +266,16 @@ def check_out(out, shape, dtype, inputs, name="out", device=False):
         if other is not None and shares_memory(out, other, device):
             raise ValueError(f"{name} must not share memory with {other_name}")
     return out
+
+
+def check_saved(saved):
+    """``saved`` must be the :class:`NormStats` a forward pass returned."""
+    if not isinstance(saved, NormStats):
+        raise TypeError(
+            "saved must be the NormStats that the forward pass returned (its second "
+            f"result), got {type(saved).__name__}"
+        )
+    return saved
 
 
 def check_stats(a, shape, name, engine, device=False):
@@ -306,14 +328,14 @@ class View(NamedTuple):
         and/or copied.
         """
         if out is None and self.identity and result == dtype:  # the common case, fast
-            y = _buffers.empty(self.shape, dtype)
+            y = np.empty(self.shape, dtype)
             return (y if self.kshape == self.shape else y.reshape(self.kshape)), lambda: y
         if out is not None and out.dtype == dtype:
             t = out if self.identity else out.transpose(self.perm)
             if t.flags.c_contiguous:
                 return t.reshape(self.kshape), lambda: out
         moved = self.kshape if self.identity else tuple(self.shape[i] for i in self.perm)
-        buf = _buffers.empty(moved, dtype)
+        buf = np.empty(moved, dtype)
 
         def finish():
             y = buf.reshape(self.shape) if self.identity else buf.transpose(self.inverse)
@@ -385,51 +407,62 @@ def require_nonempty_reduction(count, what, *args):
 
 
 # -------------------------------------------------------------- runners ---
-# A public function checks what its arguments' shapes, dtypes and layouts and
-# its settings (axis, number of groups) decide, and has the engine work out
-# what they decide for the kernels (``engine.*_steps``), once per signature.
-# On the host it keeps the steps that depend on the arrays' contents in a
-# runner under the call's key (a tuple it builds itself: shapes, dtypes,
-# strides, settings), and a repeated call with the same key looks its
-# runner up and runs it. Strides, not the C-contiguity flag: a runner is kept
-# only for C-contiguous arrays, and an array with the same shape, dtype and
-# strides is C-contiguous too (reading ``flags`` makes an object first).
-# With the interpreter's caches cold after the previous call's pass over
-# memory, each NumPy or ``math`` call on the path costs several
-# microseconds, and the full path makes dozens: group norm 8x256x28x28
-# forward spent 28 us before its kernel and 6 us after
-# (docs/performance.rst). Settings in a key must be checked with
-# ``type(...) is int`` first: ``1``, ``1.0`` and ``True`` are one dict key.
-# What a key cannot cover is checked on every call: ``eps``, and the saved
+# A public function checks what its arguments' shapes, dtypes, layouts and
+# settings decide and has the engine work out the steps they lead to
+# (``engine.*_steps``), once per signature. For host calls on C-contiguous
+# arrays it keeps those steps in a runner under the call's key
+# (:func:`runner_key`, the one place keys are made), and a repeated call
+# with the same key runs it without the checks the key already covers.
+# What a key cannot cover is checked on every call: ``eps`` and the saved
 # statistics a backward pass gets.
 
 #: The runners, by key; at most :data:`RUNNERS_MAX` (the oldest dropped first).
 RUNNERS_MAX = 256
 runners = {}
 _runners_lock = threading.Lock()
-#: The key part of an argument that gives its call no runner.
-NO_KEY = object()
+_KEY_SETTING_TYPES = (int, bool, str, type(None))
 
 
-def param_key(p):
-    """An affine parameter's part of a runner key: ``(shape, dtype)``, None
-    for None, and :data:`NO_KEY` for anything but a NumPy array."""
-    if p is None:
-        return None
-    if type(p) is np.ndarray:
-        return p.shape, p.dtype
-    return NO_KEY
+def runner_key(kind, settings, *arrays):
+    """The key of a host call's runner: its ``kind`` (a string), its
+    ``settings`` (a tuple of ints, bools, strings or None) and, for each of
+    ``arrays`` (NumPy arrays or None), its shape, dtype and strides; None
+    when the call gets no runner (an argument of another type).
+
+    Every argument that decides the steps must be in the key. Each setting
+    goes in with its type: ``1``, ``1.0`` and ``True`` are equal dict keys.
+    Strides rather than the C-contiguity flag: an array with the same shape,
+    dtype and strides as a C-contiguous one is C-contiguous too.
+    """
+    parts = [kind]
+    for value in settings:
+        if type(value) not in _KEY_SETTING_TYPES:
+            return None
+        parts.append((type(value), value))
+    for a in arrays:
+        if a is None:
+            parts.append(None)
+        elif type(a) is np.ndarray:
+            parts.append((a.shape, a.dtype, a.strides))
+        else:
+            return None
+    return tuple(parts)
 
 
-def flat(key, x, view, dtype, result):
+def gets_runner(key, x, view, dtype, result):
     """Whether a host call with ``key`` gets a runner that reshapes ``x``
     (C-contiguous, of the kernels' ``dtype``, its ``view`` a reshape) and
-    gives a new output of the ``result`` dtype: the steps of ``to_kernel``
-    and ``output`` that apply, written out in the runner."""
+    gives a new output of the ``result`` dtype."""
     return (
-        key is not None and NO_KEY not in key and view.identity
+        key is not None and view.identity
         and x.dtype == dtype == result and x.flags.c_contiguous
     )
+
+
+@memory.on_release
+def _clear_runners():
+    with _runners_lock:
+        runners.clear()
 
 
 def keep_runner(key, run):
@@ -445,12 +478,12 @@ def forward(key, engine, view, dtype, result, steps, saved, x, params, out):
     """The end of a checked forward call: ``steps(xk, yk, *params)``
     (``engine.*_steps``) on the kernel views of ``x`` and of the output, and
     ``saved`` of what it returns for the caller. For a host call that
-    :func:`flat` allows, a runner ``run(x, *params)`` kept under ``key``
+    :func:`gets_runner` allows, a runner ``run(x, *params)`` kept under ``key``
     does it, this call first: ``x`` reshaped, a new output, the steps of
     ``to_kernel`` and ``output`` that apply."""
-    if flat(key, x, view, dtype, result):
+    if gets_runner(key, x, view, dtype, result):
         kshape = view.kshape
-        new_output = _buffers.empty_maker(view.shape, dtype)
+        new_output = functools.partial(np.empty, view.shape, dtype)
 
         def run(x, *params):
             y = new_output()
@@ -468,12 +501,12 @@ def backward(key, engine, view, dtype, result, steps, statistics, grads, dy, x, 
     saved statistics (on every call) and gives them as the steps take them,
     ``steps(dyk, xk, dxk, stats, *params)`` runs on the kernel views, and
     ``grads`` of what it returns gives the caller's gradients after ``dx``.
-    For a host call that :func:`flat` allows (``dy`` C-contiguous too), a
+    For a host call that :func:`gets_runner` allows (``dy`` C-contiguous too), a
     runner ``run(dy, x, saved, *params)`` kept under ``key`` does it, this
     call first."""
-    if flat(key, x, view, dtype, result) and dy.flags.c_contiguous:
+    if gets_runner(key, x, view, dtype, result) and dy.flags.c_contiguous:
         kshape = view.kshape
-        new_output = _buffers.empty_maker(view.shape, dtype)
+        new_output = functools.partial(np.empty, view.shape, dtype)
 
         def run(dy, x, saved, *params):
             stats = statistics(saved)
@@ -490,7 +523,7 @@ def backward(key, engine, view, dtype, result, steps, statistics, grads, dy, x, 
     return (finish(), *grads(sums))
 
 
-def param_grads_maker(engine, weight, has_bias, result, shape):
+def grads_maker(engine, weight, has_bias, result, shape):
     """:func:`param_grads` for a weight (a validated array, or None) like
     ``weight``: ``grads((dweight, dbias))``, with the dtype worked out once."""
     dtype = param_grad_dtype(weight) if weight is not None else result

@@ -4,7 +4,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _engine as engine
+from ._cpu import engine
 from ._layout import (
     as_array,
     is_device_array,
@@ -110,8 +110,9 @@ def moments(x, axis=None):
 
         \bar x = \frac{1}{n}\sum x_i, \qquad M_2 = \sum (x_i - \bar x)^2
 
-    accumulated in float64 about a shift (each slice's first value), so the
-    result is accurate whatever the mean.
+    accumulated in float64 per block of the data about the block's first
+    value, the blocks merged exactly, so the result is accurate whatever the
+    mean and wherever the data start.
 
     Parameters
     ----------
@@ -136,8 +137,7 @@ def moments(x, axis=None):
     view, stat_shape, _ = row_view(x.shape, axes)
     rows, length = view.kshape
     require_nonempty_reduction(length, "axis={!r} of shape {}", axis, x.shape)
-    view = view._replace(kshape=(rows, 1, 1, length))
-    shift, s1, s2, count = engine.group_sums(view.to_kernel(x, dtype), 1, center=True)
-    mean = shift[:, 0] + s1[:, 0] / count
-    m2 = np.maximum(s2[:, 0] - s1[:, 0] * (s1[:, 0] / count), 0.0)
+    # Each row as a column of one channel, so that it is summed in chunks.
+    view = view._replace(kshape=(rows, length, 1, 1))
+    count, mean, m2 = engine.group_m2(view.to_kernel(x, dtype), 1)
     return Moments(count, mean.reshape(stat_shape), m2.reshape(stat_shape))

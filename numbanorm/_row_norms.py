@@ -1,6 +1,5 @@
 """Layer norm and RMS norm: statistics per row of the normalized axes."""
 
-import numpy as np
 
 from ._layout import (
     as_input,
@@ -9,16 +8,17 @@ from ._layout import (
     check_like,
     check_out,
     check_param,
+    check_saved,
     check_stats,
     compute_dtype,
     engine_for,
     forward,
     normalize_axes,
-    param_grads_maker,
-    param_key,
+    grads_maker,
     require_nonempty_reduction,
     result_dtype,
     row_view,
+    runner_key,
     runners,
 )
 from ._types import NormStats
@@ -37,15 +37,10 @@ def _prepare(x, axis, weight, bias):
 
 
 def _forward(x, weight, bias, axis, eps, out, center):
-    key = None
-    if type(x) is np.ndarray and out is None and type(axis) is int:
-        key = (
-            "row forward", center, axis, x.shape, x.dtype, x.strides,
-            param_key(weight), param_key(bias),
-        )
-        run = runners.get(key)
-        if run is not None:
-            return run(x, weight, bias, check_eps(eps))
+    key = None if out is not None else runner_key("row forward", (center, axis), x, weight, bias)
+    run = runners.get(key)
+    if run is not None:
+        return run(x, weight, bias, check_eps(eps))
     x, device, result, dtype, _, w, b, view, stat_shape = _prepare(x, axis, weight, bias)
     engine = engine_for(device)
     eps = check_eps(eps)
@@ -64,15 +59,10 @@ def _forward(x, weight, bias, axis, eps, out, center):
 
 
 def _backward(dy, x, saved, weight, axis, center, has_bias):
-    key = None
-    if type(x) is np.ndarray and type(dy) is np.ndarray and type(axis) is int:
-        key = (
-            "row backward", center, has_bias, axis, x.shape, x.dtype, x.strides,
-            dy.shape, dy.dtype, dy.strides, param_key(weight),
-        )
-        run = runners.get(key)
-        if run is not None:
-            return run(dy, x, saved, weight)
+    key = runner_key("row backward", (center, has_bias, axis), x, dy, weight)
+    run = runners.get(key)
+    if run is not None:
+        return run(dy, x, saved, weight)
     x, device, result, dtype, pshape, w, _, view, stat_shape = _prepare(x, axis, weight, None)
     engine = engine_for(device)
     dy = check_like(dy, view.shape, result, "dy", device=device)
@@ -81,7 +71,7 @@ def _backward(dy, x, saved, weight, axis, center, has_bias):
         view.kshape, dtype, center, weight is not None or has_bias,
         w.dtype if w is not None else None,
     )
-    grads = param_grads_maker(engine, w, has_bias, result, pshape)
+    grads = grads_maker(engine, w, has_bias, result, pshape)
 
     def statistics(saved):
         rstd = check_stats(saved.rstd, stat_shape, "saved.rstd", engine, device).reshape(rows)
@@ -166,6 +156,7 @@ def layer_norm_backward(dy, x, saved, weight=None, *, axis=-1):
     dbias : ndarray or None
         Gradient with respect to ``bias`` (None when the forward had no bias).
     """
+    check_saved(saved)
     return _backward(dy, x, saved, weight, axis, center=True, has_bias=bool(saved.has_bias))
 
 
@@ -230,5 +221,6 @@ def rms_norm_backward(dy, x, saved, weight=None, *, axis=-1):
     dweight : ndarray or None
         Gradient with respect to ``weight`` (None when ``weight`` is None).
     """
+    check_saved(saved)
     dx, dweight, _ = _backward(dy, x, saved, weight, axis, center=False, has_bias=False)
     return dx, dweight

@@ -2,23 +2,22 @@
 
 import functools
 
-import numpy as np
 
 from ._layout import (
     as_array,
     as_input,
     backward,
     check_like,
+    check_saved,
     check_stats,
     compute_dtype,
-    dtype_result,
+    result_dtype_of,
     engine_for,
-    flat,
     forward,
-    keep_runner,
     normalize_axis,
     param_grad_dtype,
     row_view,
+    runner_key,
     runners,
 )
 from ._types import NormStats
@@ -33,8 +32,8 @@ def _checks(shape, v_dtype, g_shape, g_dtype, axis, device):
     per slice) and the shape of the per-slice statistics. ``axis`` is an int
     or None; an out-of-range ``axis``, a bad dtype or ``g`` shape raise here
     (and are not cached)."""
-    result = dtype_result(v_dtype, "v")
-    dtype_result(g_dtype, "g")
+    result = result_dtype_of(v_dtype, "v")
+    result_dtype_of(g_dtype, "g")
     if axis is None:
         kept_axes, stat_shape = (), ()
         g_shapes = ((), (1,) * len(shape))
@@ -91,40 +90,18 @@ def weight_norm(v, g, *, axis=0):
         ``mean`` is None; ``rstd = 1/||v||`` per slice (float64, shape
         ``(v.shape[axis],)``).
     """
-    key = None
-    if type(v) is np.ndarray and type(g) is np.ndarray and (axis is None or type(axis) is int):
-        key = ("weight forward", axis, v.shape, v.dtype, v.strides, g.shape, g.dtype, g.strides)
-        run = runners.get(key)
-        if run is not None:
-            return run(v, g)
+    key = runner_key("weight forward", (axis,), v, g)
+    run = runners.get(key)
+    if run is not None:
+        return run(v, g)
     v, engine, _, result, dtype, g, view, stat_shape = _prepare(v, g, axis)
     reshape = (view.kshape[0],) != stat_shape
-    if flat(key, v, view, dtype, result):  # a host call: the CPU engine
-        call = engine.weight_norm_forward_new_call(view.kshape, dtype, g)
-        if call is not None:
-            return keep_runner(key, _compiled_runner(*call, stat_shape if reshape else None))(v, g)
     steps = engine.weight_norm_forward_steps(view.kshape)
 
     def saved(rstd):
         return NormStats(None, rstd.reshape(stat_shape) if reshape else rstd, True, False)
 
     return forward(key, engine, view, dtype, result, steps, saved, v, (g,), None)
-
-
-def _compiled_runner(kernel, args, stat_shape):
-    """The runner of a small weight's forward, done in one compiled call
-    (:func:`numbanorm._engine.weight_norm_forward_new_call`): the call and
-    the ``NormStats``, nothing in between (the runner of
-    :func:`numbanorm._layout.forward` and the steps it calls took 0.85 us
-    more of weight norm 256x128x3x3 forward's 22 us). ``stat_shape`` is
-    where the statistics are not one per row (``axis=None``), else None."""
-
-    def run(v, g):
-        w, rstd = kernel(v, g, *args)
-        saved = rstd if stat_shape is None else rstd.reshape(stat_shape)
-        return w, NormStats(None, saved, True, False)
-
-    return run
 
 
 def weight_norm_backward(dw, v, g, saved, *, axis=0):
@@ -156,18 +133,11 @@ def weight_norm_backward(dw, v, g, saved, *, axis=0):
     dg : ndarray
         Gradient with respect to ``g``, shape and dtype of ``g``.
     """
-    key = None
-    if (
-        type(v) is np.ndarray and type(g) is np.ndarray and type(dw) is np.ndarray
-        and (axis is None or type(axis) is int)
-    ):
-        key = (
-            "weight backward", axis, v.shape, v.dtype, v.strides, g.shape, g.dtype,
-            dw.shape, dw.dtype, dw.strides,
-        )
-        run = runners.get(key)
-        if run is not None:
-            return run(dw, v, saved, g)
+    check_saved(saved)
+    key = runner_key("weight backward", (axis,), v, g, dw)
+    run = runners.get(key)
+    if run is not None:
+        return run(dw, v, saved, g)
     v, engine, device, result, dtype, g, view, stat_shape = _prepare(v, g, axis)
     dw = check_like(dw, view.shape, result, "dw", like="v", device=device)
     steps = engine.weight_norm_backward_steps(view.kshape)

@@ -12,18 +12,10 @@ median of each is reported:
 ``ratio`` is PyTorch's time over numbanorm's (> 1: numbanorm is faster);
 ``floor`` is the floor's time over numbanorm's (1.0: at memory bandwidth;
 the floor is NumPy's single-threaded copy, so 2 threads can pass it). Both
-libraries allocate their outputs (numbanorm reuses the blocks of dropped
-outputs of 16 MiB and more, see :func:`numbanorm.release_memory`).
+libraries allocate their outputs.
 
-One process has one OpenMP runtime: libgomp is loaded once, by whichever
-library loads it first, and its wait policy holds for both. PyTorch is
-imported first, with the user's ``OMP_WAIT_POLICY``, so by default both
-libraries run on its spinning threads. In a process without PyTorch,
-numbanorm's threads sleep when idle (``OMP_WAIT_POLICY=PASSIVE``), a parallel
-call pays about 45 us to wake them, and inputs under 2**19 elements run
-serially instead (see :mod:`numbanorm._jit`): mid-size rows such as layer
-norm 64x4096 are then slower than in this table (89 us instead of 37 us on
-the Intel CI machine).
+numbanorm's kernels run on Numba's threading layer (TBB with the default
+install), PyTorch's on its own OpenMP runtime; both get the same thread count.
 
 ``--device cuda`` benchmarks the GPU back end against ``torch.cuda`` on
 PyTorch CUDA tensors (numbanorm reads them in place through
@@ -35,7 +27,6 @@ same bytes. Without a GPU it says so and exits cleanly.
 import argparse
 import json
 import math
-import os
 import sys
 import time
 
@@ -257,31 +248,11 @@ def _time(fns, budget, burst=10):
 
 
 def import_torch():
-    """PyTorch (or None), loaded with the user's own ``OMP_WAIT_POLICY``.
-
-    numbanorm sets ``OMP_WAIT_POLICY=PASSIVE`` for its Numba thread pool
-    (see ``numbanorm._jit``); PyTorch ships its own OpenMP runtime, which
-    reads the variable when it loads, so it is loaded with what the user had.
-    Loaded first, that runtime is the process's only libgomp: Numba's pool
-    runs on it too, with the same policy (measured: an empty parallel loop
-    takes 2.4 us then, 59 us when Numba's pool starts first and PyTorch then
-    shares its passive runtime). Call before any numbanorm kernel has started
-    Numba's pool.
-    """
-    from ._jit import USER_OMP_WAIT_POLICY
-
-    ours = os.environ.get("OMP_WAIT_POLICY")
-    if USER_OMP_WAIT_POLICY is None:
-        os.environ.pop("OMP_WAIT_POLICY", None)
-    else:
-        os.environ["OMP_WAIT_POLICY"] = USER_OMP_WAIT_POLICY
+    """PyTorch, or None where it is not installed."""
     try:
         import torch
     except ImportError:
-        torch = None
-    finally:
-        if ours is not None:
-            os.environ["OMP_WAIT_POLICY"] = ours
+        return None
     return torch
 
 

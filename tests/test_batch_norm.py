@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 import numbanorm as nn
 import reference as ref
-from numbanorm import _engine
+from numbanorm._cpu import engine as _engine
 from helpers import (
     RTOL, assert_close, assert_gradients_close, finite_difference, normal, seeds, shapes,
 )

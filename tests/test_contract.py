@@ -7,7 +7,8 @@ import pytest
 import numbanorm as nn
 import reference as ref
 from helpers import assert_close, normal
-from numbanorm import _jit, _layout
+from numbanorm import _layout
+from numbanorm._cpu import compile as _jit
 
 # Shapes large enough to split into many tasks and partial-sum blocks.
 CASES = {
@@ -82,28 +83,13 @@ def test_serial_and_parallel_builds_give_bitwise_identical_results(name, dtype, 
         assert a.tobytes() == b_.tobytes()
 
 
-def test_the_wake_probe_runs_once_and_small_inputs_stay_serial(monkeypatch):
-    from numbanorm import _cpu
+def test_small_inputs_run_the_serial_build_and_large_ones_the_parallel_one():
+    from numbanorm._cpu import rows
 
-    probe = _jit._wake_probe
-    calls = []
-
-    def counted(a):
-        calls.append(1)
-        probe(a)
-
-    monkeypatch.setattr(_jit, "_pool_sleeps", [])  # as in a new process
-    monkeypatch.setattr(_jit, "_wake_probe", counted)
-    first = _jit.pool_sleeps()
-    probes = len(calls)
-    assert probes > 0
-    assert _jit.pool_sleeps() == first
-    assert len(calls) == probes  # measured once, then remembered
-    kernel = _cpu.row_forward
+    kernel = rows.row_forward
     assert kernel.for_size(_jit.SERIAL_MAX_ELEMENTS - 1) is kernel.serial
-    assert kernel.for_size(_jit.PASSIVE_SERIAL_MAX_ELEMENTS) is kernel.parallel
-    middle = kernel.for_size(_jit.SERIAL_MAX_ELEMENTS)
-    assert middle is (kernel.serial if _jit.pool_sleeps() else kernel.parallel)
+    if _jit.threading_layer() != "workqueue":
+        assert kernel.for_size(_jit.SERIAL_MAX_ELEMENTS) is kernel.parallel
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -252,25 +238,6 @@ def test_empty_batch_gives_empty_output(rng):
     assert y.shape == (0, 5) and s.mean.shape == (0,)
     y, s = nn.group_norm(np.zeros((0, 4, 3)), 2)
     assert y.shape == (0, 4, 3) and s.mean.shape == (0, 2)
-
-
-def _omp_policy_after_import(env):
-    import os
-    import subprocess
-    import sys
-
-    code = "import numbanorm, os; print(os.environ.get('OMP_WAIT_POLICY'))"
-    full = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    full.update(env)
-    return subprocess.run(
-        [sys.executable, "-c", code], env=full, capture_output=True, text=True, check=True
-    ).stdout.strip()
-
-
-def test_idle_kernel_threads_sleep_unless_the_user_chose_otherwise():
-    """A spinning OpenMP pool starves NumPy's BLAS threads (see _jit.py)."""
-    assert _omp_policy_after_import({}) == "PASSIVE"
-    assert _omp_policy_after_import({"OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE"
 
 
 def test_serial_and_parallel_builds_never_load_each_others_cached_code():

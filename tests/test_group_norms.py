@@ -112,7 +112,7 @@ def test_instance_norm_gradients_equal_finite_differences(case, seed):
 def test_per_sample_forward_matches_reference(shape, axis, groups, dtype, rng):
     # From SAMPLE_KERNEL_MIN_N samples on, one task per sample takes each
     # group's statistics and then its y; each layout takes its own branch.
-    from numbanorm import _engine
+    from numbanorm._cpu import engine as _engine
 
     assert shape[0] >= _engine.SAMPLE_KERNEL_MIN_N
     c = shape[axis]
@@ -140,7 +140,7 @@ def test_per_sample_backward_adds_blocks_of_samples(shape, axis, groups, rng):
     # The per-sample backward kernels (instance norm on short NCHW runs has
     # its own) add their parameter-gradient sums in blocks of consecutive
     # samples; 67 samples make blocks of 2 and a last one of 1.
-    from numbanorm import _engine
+    from numbanorm._cpu import engine as _engine
 
     per_block = -(-shape[0] // _engine.SAMPLE_BLOCKS)
     assert per_block > 1 and shape[0] % per_block != 0

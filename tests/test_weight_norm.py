@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 import numbanorm as nn
 import reference as ref
-from numbanorm import _engine
+from numbanorm._cpu import engine as _engine
 from helpers import RTOL, assert_close, finite_difference, normal, seeds, shapes
 
 
@@ -88,53 +88,3 @@ def test_long_rows_several_per_task_match_reference_for_any_thread_count(dtype, 
     np.testing.assert_array_equal(w, w1)
     np.testing.assert_array_equal(saved.rstd, saved1.rstd)
 
-
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize(
-    "shape, axis, gshape",
-    [
-        ((300, 7, 9), 0, (300,)),  # one row per task
-        ((300, 7, 9), 0, (300, 1, 1)),  # PyTorch's weight_g shape
-        ((37, 4099), 0, (37,)),  # several rows per task
-        ((5, 3, 2), None, ()),  # one norm over the whole array
-        ((5, 3, 2), None, (1, 1, 1)),
-    ],
-)
-@pytest.mark.parametrize("read_only", [False, True])
-def test_small_weights_in_one_compiled_call_give_the_bits_of_the_general_steps(
-    dtype, shape, axis, gshape, read_only, rng
-):
-    # A C-contiguous v under the reused-block sizes runs the kernel that
-    # allocates its outputs itself (_engine.weight_norm_forward_new_call); a
-    # Fortran-ordered copy takes the general steps (a copy to kernel layout,
-    # row_scale_forward into a buffer made in Python).
-    v = normal(rng, shape, dtype, loc=0.3)
-    g = np.asarray(normal(rng, gshape, dtype))
-    if read_only:
-        v.setflags(write=False)
-        g.setflags(write=False)
-    rows = 1 if axis is None else shape[0]
-    call = _engine.weight_norm_forward_new_call((rows, v.size // rows), v.dtype, g)
-    assert call is not None
-    kernel, args = call
-    w, saved = nn.weight_norm(v, g, axis=axis)
-    w_direct, rstd_direct = kernel(v, g, *args)
-    w_general, saved_general = nn.weight_norm(np.asfortranarray(v), g, axis=axis)
-    assert w.shape == shape and w.dtype == dtype and w.flags.c_contiguous and w.flags.writeable
-    assert saved.rstd.shape == saved_general.rstd.shape
-    assert w.tobytes() == w_direct.tobytes() == w_general.tobytes()
-    assert saved.rstd.tobytes() == rstd_direct.tobytes() == saved_general.rstd.tobytes()
-    assert not np.shares_memory(w, v)
-
-
-def test_weights_the_compiled_call_does_not_take_go_the_general_way(rng):
-    g = normal(rng, (8,), np.float32)
-    # outputs of the sizes that reused blocks serve, a float16 g, a strided g
-    assert _engine.weight_norm_forward_new_call((8, 1 << 20), np.dtype(np.float32), g) is None
-    assert _engine.weight_norm_forward_new_call((8, 9), np.dtype(np.float32), g.astype(np.float16)) is None
-    strided = normal(rng, (16,), np.float32)[::2]
-    assert _engine.weight_norm_forward_new_call((8, 9), np.dtype(np.float32), strided) is None
-    v = normal(rng, (8, 9), np.float32, loc=0.3)
-    nn.weight_norm(v, strided.copy())  # keeps a runner for a contiguous g of this shape
-    w, saved = nn.weight_norm(v, strided)  # the general steps, the same numbers
-    assert_close(w, ref.weight_norm(v, strided, 0), RTOL[np.float32], "w")

@@ -9,7 +9,7 @@ interpreter from the caches: batch norm 256x7x7x512 forward spent 20 us in
 
 import numpy as np
 
-from .._jit import kernel
+from .compile import kernel
 
 
 @kernel

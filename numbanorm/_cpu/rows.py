@@ -3,8 +3,9 @@
 Layer norm (``center=True``) and RMS norm (``center=False``) run here, and
 weight norm (one 2-norm per row). A task takes a row or a block of rows; each
 row's result is its own. Statistics are float64 sums taken about a shift (the
-row's first element when centering), so ``x - mean`` never cancels even when
-the mean is 1e6 times the spread. Elementwise outputs are computed in the
+row's first element when centering, and the row's mean in a second pass when
+that lies far from it), so ``x - mean`` never cancels even when the mean is
+1e6 times the spread. Elementwise outputs are computed in the
 input's dtype with the mean split into ``hi + lo`` parts of that dtype, so
 ``(x - hi) - lo`` keeps float64 accuracy of the difference while the
 arithmetic runs at float32 vector width.
@@ -13,15 +14,27 @@ arithmetic runs at float32 vector width.
 import numpy as np
 from numba import prange
 
-from .._jit import aligned_empty, cast_like, helper, kernel, muladd, split_like, wide_vectors
+from .compile import cast_like, far_shift, helper, kernel, muladd, split_like, wide_vectors
 
 #: Rows per task of :func:`row_forward`.
 FORWARD_ROWS_PER_TASK = 8
 #: Rows whose parameter-gradient terms are added together (see row_backward).
 PARAM_ROWS = 4
 #: Rows at least this long take dx and the parameter terms in one loop
-#: (:func:`long_row_backward`).
+#: (:func:`_backward_block`).
 FUSED_ROW_MIN = 2048
+
+
+@helper(inline=True)
+def _row_moments(x, r, shift):
+    """The sums of ``x[r] - shift`` and ``(x[r] - shift)**2``, in float64."""
+    s1 = 0.0
+    s2 = 0.0
+    for j in range(x.shape[1]):
+        d = np.float64(x[r, j]) - shift
+        s1 += d
+        s2 = muladd(d, d, s2)
+    return s1, s2
 
 
 @helper
@@ -32,12 +45,12 @@ def _normalize_rows(x, weight, bias, eps, center, r0, r1, y, mean, rstd):
     n = x.shape[1]
     for r in range(r0, r1):
         shift = np.float64(x[r, 0]) if center else 0.0
-        s1 = 0.0
-        s2 = 0.0
-        for j in range(n):
-            d = np.float64(x[r, j]) - shift
-            s1 += d
-            s2 = muladd(d, d, s2)
+        s1, s2 = _row_moments(x, r, shift)
+        if center:
+            offset = far_shift(s1, s2, 1.0 / n)
+            if offset != 0.0:  # the row's first value lies far from its mean
+                shift += offset
+                s1, s2 = _row_moments(x, r, shift)
         m = s1 / n
         if center:
             var = s2 / n - m * m
@@ -162,102 +175,33 @@ def _backward_block(
     dweight_part, dbias_part,
 ):
     """Block ``k`` of :func:`row_backward` (a helper of its own so that both
-    builds compile its loops alike, 512 bits wide)."""
-    wide_vectors()
-    rows, n = x.shape
-    dw, db, his, los, rss, _, _ = _block_work(x, param_grads)
-    stop = min(rows, (k + 1) * rows_per_block)
-    for r0 in range(k * rows_per_block, stop, PARAM_ROWS):
-        r1 = min(stop, r0 + PARAM_ROWS)
-        for r in range(r0, r1):
-            hi, lo, rs_x, cg, cgx = _row_dx_coefficients(
-                dy, x, weight, r, mean[r], rstd[r], center
-            )
-            his[r - r0], los[r - r0], rss[r - r0] = hi, lo, rs_x
-            _row_dx(dy, x, weight, r, hi, lo, rs_x, cg, cgx, dx)
-        if not param_grads:
-            continue
-        if r1 - r0 < PARAM_ROWS:
-            _add_rows_param_terms(dy, x, r0, r1, his, los, rss, dw, db)
-            continue
-        h0, h1, h2, h3 = his[0], his[1], his[2], his[3]
-        l0, l1, l2, l3 = los[0], los[1], los[2], los[3]
-        s0, s1, s2, s3 = rss[0], rss[1], rss[2], rss[3]
-        g4 = dy[r0:r1]  # one array each: the loop needs few overlap checks
-        x4 = x[r0:r1]
-        for j in range(n):
-            g0, g1, g2, g3 = g4[0, j], g4[1, j], g4[2, j], g4[3, j]
-            t0 = g0 * (((x4[0, j] - h0) - l0) * s0)
-            t1 = g1 * (((x4[1, j] - h1) - l1) * s1)
-            t2 = g2 * (((x4[2, j] - h2) - l2) * s2)
-            t3 = g3 * (((x4[3, j] - h3) - l3) * s3)
-            dw[j] += np.float64((t0 + t1) + (t2 + t3))
-            db[j] += np.float64((g0 + g1) + (g2 + g3))
-    if param_grads:
-        dweight_part[k, :] = dw
-        dbias_part[k, :] = db
+    builds compile its loops alike, 512 bits wide).
 
-
-@kernel
-def row_backward(
-    dy, x, mean, rstd, weight, center, param_grads, rows_per_block, dx, dweight_part, dbias_part,
-    dweight, dbias,
-):
-    """Gradient of :func:`row_forward` with respect to ``x`` (and the affine),
-    for rows shorter than ``FUSED_ROW_MIN`` (see :func:`long_row_backward`).
-
-    With ``xhat = (x - mean) * rstd`` and ``g = dy * weight``:
-    ``dx = rstd * (g - mean(g) - xhat * mean(g * xhat))`` (``mean(g)`` is
-    dropped when ``center=False``). When ``param_grads``, block ``k`` of
-    ``rows_per_block`` rows writes its float64 sums of ``dy * xhat`` and ``dy``
-    to ``dweight_part[k]`` and ``dbias_part[k]``, and :func:`_block_totals`
-    adds the blocks in order into ``dweight`` and ``dbias``, so the result
-    does not depend on the thread count.
-
-    The parameter sums take ``PARAM_ROWS`` rows at a time, their terms added
-    in ``x``'s dtype and then to the float64 sums: those sums are twice a
-    row's length, and loading and storing them once per row cost more than
-    the rest of the pass (LN 8192x4096: 13.5 ms with parameter gradients,
-    8.3 ms without). Each row's sums and ``dx`` come first, then the four
-    rows' parameter terms in a loop of their own, which vectorizes better
-    than one loop for both (LN 16384x512: 4.6 ms against 6.9 ms).
-
-    Long rows have a kernel of their own: with both orders in one kernel,
-    short rows ran 5-8% slower (public function, 2 threads, alternating in
-    one process with the old kernel: LN 4096x1024 backward 1.11-1.17 against
-    1.05-1.10 ms, 16384x512 2.30 against 2.13 ms), the same bits.
+    Rows go ``PARAM_ROWS`` at a time: each row's sums and coefficients
+    first, then the rows' parameter terms in a loop of their own, in ``x``'s
+    dtype before the float64 sums (loading and storing those sums once per
+    row would cost more than the rest of the pass). Rows of at least
+    ``FUSED_ROW_MIN`` values, too long for four of them to stay in L1, take
+    their ``dx`` in that same loop, which reads them once instead of twice;
+    shorter ones take ``dx`` row by row, a loop that vectorizes better.
+    Both orders give the same bits.
     """
-    rows = x.shape[0]
-    for k in prange((rows + rows_per_block - 1) // rows_per_block):
-        _backward_block(
-            dy, x, mean, rstd, weight, center, param_grads, rows_per_block, k, dx,
-            dweight_part, dbias_part,
-        )
-    if param_grads:
-        _block_totals(dweight_part, dbias_part, dweight, dbias)
-
-
-@helper
-def _long_backward_block(
-    dy, x, mean, rstd, weight, center, param_grads, rows_per_block, k, dx,
-    dweight_part, dbias_part,
-):
-    """Block ``k`` of :func:`long_row_backward` (a helper of its own so that
-    both builds compile its loops alike, 512 bits wide)."""
     wide_vectors()
     rows, n = x.shape
     dw, db, his, los, rss, cgs, cgxs = _block_work(x, param_grads)
     stop = min(rows, (k + 1) * rows_per_block)
+    long_rows = n >= FUSED_ROW_MIN
     for r0 in range(k * rows_per_block, stop, PARAM_ROWS):
         r1 = min(stop, r0 + PARAM_ROWS)
-        four = param_grads and r1 - r0 == PARAM_ROWS  # dx in the loop below
+        four = param_grads and r1 - r0 == PARAM_ROWS
+        fused = four and long_rows  # dx in the four-row loop below
         for r in range(r0, r1):
             hi, lo, rs_x, cg, cgx = _row_dx_coefficients(
                 dy, x, weight, r, mean[r], rstd[r], center
             )
             his[r - r0], los[r - r0], rss[r - r0] = hi, lo, rs_x
             cgs[r - r0], cgxs[r - r0] = cg, cgx
-            if not four:
+            if not fused:
                 _row_dx(dy, x, weight, r, hi, lo, rs_x, cg, cgx, dx)
         if not param_grads:
             continue
@@ -267,10 +211,20 @@ def _long_backward_block(
         h0, h1, h2, h3 = his[0], his[1], his[2], his[3]
         l0, l1, l2, l3 = los[0], los[1], los[2], los[3]
         s0, s1, s2, s3 = rss[0], rss[1], rss[2], rss[3]
+        g4 = dy[r0:r1]  # one array each: the loops need few overlap checks
+        x4 = x[r0:r1]
+        if not fused:
+            for j in range(n):
+                g0, g1, g2, g3 = g4[0, j], g4[1, j], g4[2, j], g4[3, j]
+                t0 = g0 * (((x4[0, j] - h0) - l0) * s0)
+                t1 = g1 * (((x4[1, j] - h1) - l1) * s1)
+                t2 = g2 * (((x4[2, j] - h2) - l2) * s2)
+                t3 = g3 * (((x4[3, j] - h3) - l3) * s3)
+                dw[j] += np.float64((t0 + t1) + (t2 + t3))
+                db[j] += np.float64((g0 + g1) + (g2 + g3))
+            continue
         c0, c1, c2, c3 = cgs[0], cgs[1], cgs[2], cgs[3]
         e0, e1, e2, e3 = cgxs[0], cgxs[1], cgxs[2], cgxs[3]
-        g4 = dy[r0:r1]
-        x4 = x[r0:r1]
         d4 = dx[r0:r1]
         for j in range(n):
             wj = weight[j]
@@ -291,20 +245,23 @@ def _long_backward_block(
 
 
 @kernel
-def long_row_backward(
+def row_backward(
     dy, x, mean, rstd, weight, center, param_grads, rows_per_block, dx, dweight_part, dbias_part,
     dweight, dbias,
 ):
-    """:func:`row_backward` for rows of at least ``FUSED_ROW_MIN`` values
-    (too long for four of them to stay in L1): with parameter gradients, each
-    of four rows gets its sums first, then one loop over the four rows takes
-    their ``dx`` and their parameter terms, which reads them once instead of
-    twice (LN 8192x4096, one thread: 21.0 ms against 18.2 ms). Both orders
-    give the same bits.
+    """Gradient of :func:`row_forward` with respect to ``x`` (and the affine).
+
+    With ``xhat = (x - mean) * rstd`` and ``g = dy * weight``:
+    ``dx = rstd * (g - mean(g) - xhat * mean(g * xhat))`` (``mean(g)`` is
+    dropped when ``center=False``). When ``param_grads``, block ``k`` of
+    ``rows_per_block`` rows writes its float64 sums of ``dy * xhat`` and ``dy``
+    to ``dweight_part[k]`` and ``dbias_part[k]``, and :func:`_block_totals`
+    adds the blocks in order into ``dweight`` and ``dbias``, so the result
+    does not depend on the thread count.
     """
     rows = x.shape[0]
     for k in prange((rows + rows_per_block - 1) // rows_per_block):
-        _long_backward_block(
+        _backward_block(
             dy, x, mean, rstd, weight, center, param_grads, rows_per_block, k, dx,
             dweight_part, dbias_part,
         )
@@ -413,31 +370,6 @@ def row_scale_forward(v, g, rows_per_task, w, rstd):
     rows = v.shape[0]
     for k in prange((rows + rows_per_task - 1) // rows_per_task):
         _scale_task(v, g, rows_per_task, k, w, rstd)
-
-
-@kernel
-def new_row_scale_forward(v, g, rows, rows_per_task):
-    """:func:`row_scale_forward` into arrays it allocates: ``(w, rstd)``.
-
-    ``v`` is C-contiguous, of any shape whose ``rows`` rows of
-    ``v.size // rows`` values are consecutive in memory, ``g`` C-contiguous
-    with ``rows`` values; ``w`` has ``v``'s shape and dtype and starts on a
-    cache line. The same tasks as :func:`row_scale_forward`, the same bits.
-
-    For small weights: one compiled call instead of the Python steps around
-    one (two allocations, three views, the kernel's dispatch), which took
-    3 of weight norm 256x128x3x3 forward's 23 us (public function,
-    alternating in one process: 19.8 us so).
-    """
-    n = v.size // rows
-    vk = v.reshape((rows, n))
-    gk = g.reshape((rows,))
-    w = aligned_empty(v.size, v)
-    wk = w.reshape((rows, n))
-    rstd = np.empty(rows)
-    for k in prange((rows + rows_per_task - 1) // rows_per_task):
-        _scale_task(vk, gk, rows_per_task, k, wk, rstd)
-    return w.reshape(v.shape), rstd
 
 
 @kernel

@@ -10,7 +10,7 @@ none) and no atomics, so the result is the same on every run.
 
 import numpy as np
 
-from .._jit import cast_like
+from .._cpu.compile import cast_like
 from .target import THREADS, cuda
 
 

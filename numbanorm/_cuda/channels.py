@@ -18,7 +18,7 @@ parameters per channel, as on the CPU.
 
 import numpy as np
 
-from .._jit import cast_like
+from .._cpu.compile import cast_like
 from .blocks import block_sum2, channel_index, split_mean
 from .target import THREADS, blocks_for, cuda
 

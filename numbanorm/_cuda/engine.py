@@ -23,7 +23,7 @@ from .target import SIMULATOR, empty
 #: tiny test shapes still span several chunks).
 CHUNK_ELEMENTS = 1 << 6 if SIMULATOR else 1 << 12
 #: Row backward: partial parameter-gradient sums over blocks of rows.
-ROW_BLOCKS = 4 if SIMULATOR else 256
+MAX_ROW_BLOCKS = 4 if SIMULATOR else 256
 MIN_ROWS_PER_BLOCK = 2 if SIMULATOR else 16
 
 # Array steps shared with the CPU engine's interface.
@@ -87,7 +87,7 @@ def row_forward(xk, weight, bias, eps, center, yk):
 def row_backward(dyk, xk, mean, rstd, weight, center, param_grads, dxk):
     """dx into ``dxk``; returns float64 ``(dweight, dbias)`` sums (or Nones)."""
     rows, length = xk.shape
-    rows_per_block = max(MIN_ROWS_PER_BLOCK, -(-rows // ROW_BLOCKS))
+    rows_per_block = max(MIN_ROWS_PER_BLOCK, -(-rows // MAX_ROW_BLOCKS))
     nblocks = -(-rows // rows_per_block)
     part_shape = (nblocks, length) if param_grads else (1, 1)
     dw_part = empty(part_shape, np.float64)

@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from .._jit import cast_like
+from .._cpu.compile import cast_like
 from .blocks import block_sum2, split_mean
 from .target import THREADS, blocks_for, cuda
 

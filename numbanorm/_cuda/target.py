@@ -15,7 +15,7 @@ maintained target and replaces ``numba.cuda`` when installed.
 import numpy as np
 from numba import cuda
 
-from .._jit import cast_like, cast_like_typer
+from .._cpu.compile import cast_like, cast_like_typer
 
 #: True when kernels run in Numba's CUDA simulator (pure Python, slow).
 SIMULATOR = "simulator" in cuda.device_array.__module__

@@ -28,23 +28,29 @@ the CUDA engine has the same ones. One more is host-only, as runners are:
 compiled call.
 """
 
-import functools
 import math
 
 import numpy as np
 
-from . import _buffers
-from . import _cpu as backend
+from . import memory
+from . import channels as channel_kernels
+from . import samples as sample_kernels
+from .channel_loops import SHORT_RUN
+from . import finish
+from . import rows as row_kernels
 
 #: Elements one channel-kernel task handles (at least one ``P`` index); fixed,
 #: so the split and hence every result depends on the shape only.
 CHUNK_ELEMENTS = 1 << 16
+#: ... and ``P`` is split into at most this many chunks per sample, so the
+#: partial sums stay O(channels), never O(input).
+MAX_CHUNKS = 32
 #: Row-kernel backward splits rows into at most this many blocks of partial
 #: parameter-gradient sums, each of at least ``MIN_ROWS_PER_BLOCK`` rows (the
 #: partial sums stay small next to the data: they are added up after the
 #: pass, with the caches cold; with 64 blocks, in NumPy, that took 37 us of
 #: layer norm 4096x1024's backward, with 16 blocks 18 us).
-ROW_BLOCKS = 16
+MAX_ROW_BLOCKS = 16
 MIN_ROWS_PER_BLOCK = 16
 #: Group and instance norm run one fused task per sample from this many
 #: samples on (see :func:`sample_forward_steps`).
@@ -59,7 +65,7 @@ SAMPLE_BLOCKS = 64
 
 
 #: Batch norm backward on long channels-first runs takes one task per channel
-#: (:func:`numbanorm._cpu.channels.channel_runs_backward`) from this many
+#: (:func:`numbanorm._cpu.channel_kernels.channel_runs_backward`) from this many
 #: channels on; fewer channels (an RGB input's 3) would leave threads idle,
 #: so they stay chunked by samples.
 CHANNEL_TASKS_MIN = 16
@@ -67,7 +73,7 @@ CHANNEL_TASKS_MIN = 16
 
 #: Weight norm forward on rows of at least this many values gives each task
 #: ``SCALE_ROWS_PER_TASK`` rows and sums the next row's squares while it
-#: scales the current one (:func:`numbanorm._cpu.rows.row_scale_forward`);
+#: scales the current one (:func:`numbanorm._cpu.row_kernels.row_scale_forward`);
 #: shorter rows, whose data stays in L2, take a task per row (2048x2048:
 #: 0.58 ms so, 0.62 ms with 16 rows per task; 256x128x3x3 the same).
 SCALE_PIPELINE_MIN_LENGTH = 4096
@@ -132,7 +138,7 @@ def running_update(running_mean, running_var, mean, var, momentum, unbiased):
     for float32/float64 running arrays (Numba has no float16 on the CPU),
     NumPy for the others."""
     if running_mean.dtype in _KERNEL_FLOATS and running_var.dtype in _KERNEL_FLOATS:
-        backend.running_update.serial(
+        finish.running_update.serial(
             running_mean, running_var, mean, var, float(momentum), float(unbiased)
         )
         return
@@ -142,8 +148,8 @@ def running_update(running_mean, running_var, mean, var, momentum, unbiased):
 
 def rstd_of(var, eps):
     """``1 / sqrt(var + eps)``, without warnings for zero or non-finite input."""
-    rstd = _buffers.stats(var.shape)
-    backend.rstd_of.serial(_flat(var), float(eps), _flat(rstd))
+    rstd = np.empty(var.shape)
+    finish.rstd_of.serial(_flat(var), float(eps), _flat(rstd))
     return rstd
 
 
@@ -163,7 +169,7 @@ def _flat(a):
 def _p_chunk(kshape):
     """Chunk length along ``P`` and the number of chunks, from the shape alone."""
     _, p, c, q = kshape
-    chunk = max(1, CHUNK_ELEMENTS // max(1, c * q))
+    chunk = max(1, CHUNK_ELEMENTS // max(1, c * q), -(-p // MAX_CHUNKS))
     return chunk, -(-p // chunk)
 
 
@@ -176,30 +182,28 @@ def _group_total(per_channel, groups):
 # ------------------------------------------------------------- row norms ---
 
 
-@functools.lru_cache(maxsize=256)
+@memory.cache(maxsize=64)
 def row_forward_steps(kshape, dtype, center):
     """Layer norm (``center``) or RMS norm of each row, for kernel arrays of
     shape ``kshape`` and ``dtype``: ``steps(xk, yk, weight, bias, eps) ->
     (mean, rstd)`` writes ``yk``."""
     rows, length = kshape
-    kernel = backend.row_forward
+    kernel = row_kernels.row_forward
     elements = rows * length
-    new_stats = _buffers.stats_maker((rows,))
-    ones, zeros = np.ones(length, dtype), np.zeros(length, dtype)  # the kernel only reads them
 
     def steps(xk, yk, weight, bias, eps):
-        mean = new_stats()
-        rstd = new_stats()
+        mean = np.empty(rows)
+        rstd = np.empty(rows)
         kernel.for_size(elements)(
-            xk, _row_param(weight, ones, dtype), _row_param(bias, zeros, dtype), eps, center, yk,
-            mean, rstd,
+            xk, _row_param(weight, length, 1.0, dtype), _row_param(bias, length, 0.0, dtype),
+            eps, center, yk, mean, rstd,
         )
         return mean, rstd
 
     return steps
 
 
-@functools.lru_cache(maxsize=256)
+@memory.cache(maxsize=64)
 def row_backward_steps(kshape, dtype, center, param_grads, weight_dtype):
     """Backward of :func:`row_forward_steps` for kernel arrays of shape
     ``kshape`` and ``dtype`` and a weight of ``weight_dtype`` (None without
@@ -207,11 +211,10 @@ def row_backward_steps(kshape, dtype, center, param_grads, weight_dtype):
     writes dx into ``dxk`` and returns the float64 sums stored in the
     weight's dtype when that is float32 or float64 (or Nones)."""
     rows, length = kshape
-    rows_per_block, nblocks = _blocks(rows, ROW_BLOCKS, MIN_ROWS_PER_BLOCK)
+    rows_per_block, nblocks = _blocks(rows, MAX_ROW_BLOCKS, MIN_ROWS_PER_BLOCK)
     part_shape = (nblocks, length if param_grads else 0)
-    kernel = backend.long_row_backward if length >= backend.FUSED_ROW_MIN else backend.row_backward
+    kernel = row_kernels.row_backward
     elements = rows * length
-    ones = np.ones(length, dtype)  # the kernel only reads it
     # The kernel stores the gradients in the weight's dtype (float64 without a
     # weight, or for other dtypes): no cast left for the caller (10 us a call
     # with the caches cold after the pass, layer norm 64x4096).
@@ -222,13 +225,13 @@ def row_backward_steps(kshape, dtype, center, param_grads, weight_dtype):
 
     def steps(dyk, xk, dxk, stats, weight):
         mean, rstd = stats
-        dw_part = _buffers.scratch("dw_part", part_shape)
-        db_part = _buffers.scratch("db_part", part_shape)
+        dw_part = np.empty(part_shape)
+        db_part = np.empty(part_shape)
         dweight = np.empty(part_shape[1], grad_dtype)
         dbias = np.empty(part_shape[1], grad_dtype)
         kernel.for_size(elements)(
             dyk, xk, coefficients(mean), coefficients(rstd),
-            _row_param(weight, ones, dtype), center, param_grads,
+            _row_param(weight, length, 1.0, dtype), center, param_grads,
             rows_per_block, dxk, dw_part, db_part, dweight, dbias,
         )
         if not param_grads:
@@ -241,77 +244,49 @@ def row_backward_steps(kshape, dtype, center, param_grads, weight_dtype):
 # --------------------------------------------------------- grouped norms ---
 
 
-def _param(p, fill):
-    """A per-channel parameter (a checked ``(C,)`` array, or None) as a new
-    float64 kernel argument; ``fill`` (a float64 array the kernel only reads,
-    from :func:`_filled`) if None."""
-    return p.astype(np.float64) if p is not None else fill
+def _param(p, channels, value):
+    """A per-channel parameter (a checked ``(C,)`` array, or None) as a
+    float64 kernel argument; ``channels`` values ``value`` if None."""
+    return p.astype(np.float64) if p is not None else memory.filled(channels, value, np.float64)
 
 
-@functools.lru_cache(maxsize=64)
-def _filled(channels, value):
-    """``np.full(channels, value)``, made once per length and value: what an
-    absent weight or bias stands for in the channel kernels, which only read
-    it (a call that passes its parameters makes no array for the ones it
-    does not need)."""
-    return np.full(channels, value)
-
-
-def _row_param(p, fill, dtype):
+def _row_param(p, length, value, dtype):
     """A row parameter (a checked array of the row's shape, or None) as a
-    kernel argument of ``dtype``; ``fill`` (an array of the row's length) if
-    None."""
-    return coefficients(_flat(p), dtype) if p is not None else fill
+    kernel argument of ``dtype``; ``length`` values ``value`` if None."""
+    return coefficients(_flat(p), dtype) if p is not None else memory.filled(length, value, dtype)
 
 
-def _moment_parts(xk, groups, center):
-    """The shift, partial sums ``(N, chunks, columns)`` and count of
-    :func:`group_sums` (one column per channel, or per group when a group's
-    channels are one contiguous run)."""
+def group_m2(xk, groups):
+    """Count, mean and sum of squared deviations per ``(n, group)`` of an
+    ``(N, P, C, Q)`` view with ``groups`` groups of consecutive channels:
+    ``(count, mean, m2)``, ``mean`` and ``m2`` float64 ``(N, G)``.
+
+    Each task sums its chunk about the chunk's first values, and the chunks
+    are merged exactly (:func:`numbanorm._cpu.channels.channel_moments_totals`).
+    """
     n, p, c, q = xk.shape
     cg = c // groups
     count = p * q * cg
-    if center and n * p * q > 0:
-        shift = xk[:, 0, ::cg, 0].astype(np.float64)
-    else:
-        shift = np.zeros((n, groups))
     if p == 1 and cg > 1:
         # Channels first: a group's channels are contiguous, so reduce each
         # group as one long run instead of cg short ones.
         xk = xk.reshape(n, 1, groups, cg * q)
     chunk, nchunks = _p_chunk(xk.shape)
-    width = xk.shape[2]
-    s1_part = _buffers.scratch("s1_part", (n, nchunks, width))
-    s2_part = _buffers.scratch("s2_part", (n, nchunks, width))
-    backend.channel_moments.for_size(xk.size)(xk, shift, chunk, s1_part, s2_part)
-    return shift, s1_part, s2_part, count
-
-
-def group_sums(xk, groups, center):
-    """Sums over each group of an ``(N, P, C, Q)`` view, taken about a shift.
-
-    Returns ``(shift, s1, s2, count)``: ``s1 = sum(x - shift)`` and
-    ``s2 = sum((x - shift)**2)`` per ``(n, group)``, in float64, with
-    ``shift`` the group's first element (0 when not ``center``).
-    """
-    shift, s1_part, s2_part, count = _moment_parts(xk, groups, center)
-    s1 = _group_total(s1_part.sum(axis=1), groups)
-    s2 = _group_total(s2_part.sum(axis=1), groups)
-    return shift, s1, s2, count
+    parts = np.empty((3, n, nchunks, xk.shape[2]))
+    channel_kernels.channel_moments.for_size(xk.size)(xk, chunk, parts[0], parts[1], parts[2])
+    mean = np.empty((n, groups))
+    m2 = np.empty((n, groups))
+    channel_kernels.channel_moments_totals.serial(
+        parts[0], parts[1], parts[2], chunk, xk.shape[1], xk.shape[3], mean, m2
+    )
+    return count, mean, m2
 
 
 def group_moments(xk, groups):
-    """Mean and biased variance per ``(n, group)``, float64, shape ``(N, G)``.
-
-    The partial sums are added up by one serial kernel: the same steps in
-    NumPy, right after the pass over memory, ran with the interpreter's caches
-    cold (see :func:`numbanorm._cpu.channels.channel_backward_coefficients`).
-    """
-    shift, s1_part, s2_part, count = _moment_parts(xk, groups, center=True)
-    mean = _buffers.stats(shift.shape)
-    var = _buffers.stats(shift.shape)
-    backend.channel_moments_totals.serial(s1_part, s2_part, shift, count, mean, var)
-    return mean, var
+    """Mean and biased variance per ``(n, group)``, float64, shape ``(N, G)``
+    (see :func:`group_m2`)."""
+    count, mean, m2 = group_m2(xk, groups)
+    return mean, m2 / count
 
 
 def group_apply(xk, mean, rstd, weight, bias, yk):
@@ -319,9 +294,9 @@ def group_apply(xk, mean, rstd, weight, bias, yk):
     ``(n, group)``."""
     c = xk.shape[2]
     chunk, _ = _p_chunk(xk.shape)
-    backend.channel_affine.for_size(xk.size)(
-        xk, coefficients(mean), coefficients(rstd), _param(weight, _filled(c, 1.0)),
-        _param(bias, _filled(c, 0.0)), chunk, yk,
+    channel_kernels.channel_affine.for_size(xk.size)(
+        xk, coefficients(mean), coefficients(rstd), _param(weight, c, 1.0),
+        _param(bias, c, 0.0), chunk, yk,
     )
 
 
@@ -340,12 +315,12 @@ def group_backward(dyk, xk, mean, rstd, weight, batch_stats, param_grads, dxk):
     groups = mean.shape[1]
     mean = coefficients(mean)
     rstd = coefficients(rstd)
-    w = _param(weight, _filled(c, 1.0))
-    if n == 1 and groups == c and q > backend.SHORT_RUN and c >= CHANNEL_TASKS_MIN and batch_stats:
+    w = _param(weight, c, 1.0)
+    if n == 1 and groups == c and q > SHORT_RUN and c >= CHANNEL_TASKS_MIN and batch_stats:
         # Batch norm on long channels-first runs: one fused task per channel.
         dweight = np.empty(c)
         dbias = np.empty(c)
-        backend.channel_runs_backward.for_size(xk.size)(dyk, xk, mean, rstd, w, dxk, dweight, dbias)
+        channel_kernels.channel_runs_backward.for_size(xk.size)(dyk, xk, mean, rstd, w, dxk, dweight, dbias)
         return (dweight, dbias) if param_grads else (None, None)
     count = p * q * (c // groups)
     chunk, nchunks = _p_chunk(xk.shape)
@@ -354,13 +329,13 @@ def group_backward(dyk, xk, mean, rstd, weight, batch_stats, param_grads, dxk):
     dweight = np.empty(c if param_grads else 0)
     dbias = np.empty(c if param_grads else 0)
     if batch_stats or param_grads:
-        a_part = _buffers.scratch("a_part", (n, nchunks, c))
-        b_part = _buffers.scratch("b_part", (n, nchunks, c))
-        backend.channel_grad_sums.for_size(xk.size)(dyk, xk, mean, chunk, a_part, b_part)
-        backend.channel_backward_coefficients.serial(
+        a_part = np.empty((n, nchunks, c))
+        b_part = np.empty((n, nchunks, c))
+        channel_kernels.channel_grad_sums.for_size(xk.size)(dyk, xk, mean, chunk, a_part, b_part)
+        channel_kernels.channel_backward_coefficients.serial(
             a_part, b_part, w, rstd, count, batch_stats, beta, gamma, dweight, dbias
         )
-    backend.channel_backward_apply.for_size(xk.size)(
+    channel_kernels.channel_backward_apply.for_size(xk.size)(
         dyk, xk, mean, rstd, w, beta, gamma, chunk, dxk
     )
     if not param_grads:
@@ -368,7 +343,7 @@ def group_backward(dyk, xk, mean, rstd, weight, batch_stats, param_grads, dxk):
     return dweight, dbias
 
 
-@functools.lru_cache(maxsize=256)
+@memory.cache(maxsize=64)
 def sample_forward_steps(kshape, groups):
     """Group/instance norm forward for kernel arrays of shape ``kshape``:
     ``steps(xk, yk, weight, bias, eps) -> (mean, rstd)``, statistics per
@@ -389,17 +364,15 @@ def sample_forward_steps(kshape, groups):
 
         return chunked
     samples_per_task, _ = _blocks(n, SAMPLE_BLOCKS)
-    kernel = backend.sample_norm_forward
+    kernel = sample_kernels.sample_norm_forward
     elements = math.prod(kshape)
     stat_shape = (n, groups)
-    new_stats = _buffers.stats_maker(stat_shape)
-    ones, zeros = _filled(c, 1.0), _filled(c, 0.0)
 
     def fused(xk, yk, weight, bias, eps):
-        mean = new_stats()
-        rstd = new_stats()
+        mean = np.empty(stat_shape)
+        rstd = np.empty(stat_shape)
         kernel.for_size(elements)(
-            xk, groups, _param(weight, ones), _param(bias, zeros), eps, samples_per_task,
+            xk, groups, _param(weight, c, 1.0), _param(bias, c, 0.0), eps, samples_per_task,
             yk, mean, rstd,
         )
         return mean, rstd
@@ -407,7 +380,7 @@ def sample_forward_steps(kshape, groups):
     return fused
 
 
-@functools.lru_cache(maxsize=256)
+@memory.cache(maxsize=64)
 def sample_backward_steps(kshape, groups, param_grads):
     """Backward of :func:`sample_forward_steps` for kernel arrays of shape
     ``kshape`` and statistics of ``groups`` groups: ``steps(dyk, xk, dxk,
@@ -421,20 +394,19 @@ def sample_backward_steps(kshape, groups, param_grads):
         return chunked
     samples_per_block, nblocks = _blocks(n, SAMPLE_BLOCKS)
     part_shape = (nblocks, c)
-    if p == 1 and q <= backend.SHORT_RUN and groups == c:
-        kernel = backend.instance_runs_backward  # instance norm, NCHW short runs
+    if p == 1 and q <= SHORT_RUN and groups == c:
+        kernel = sample_kernels.instance_runs_backward  # instance norm, NCHW short runs
     else:
-        kernel = backend.sample_norm_backward
+        kernel = sample_kernels.sample_norm_backward
     elements = math.prod(kshape)
-    ones = _filled(c, 1.0)
 
     def fused(dyk, xk, dxk, stats, weight):
         mean, rstd = stats
-        sum_dy = _buffers.scratch("sum_dy", part_shape)
-        sum_dy_xhat = _buffers.scratch("sum_dy_xhat", part_shape)
+        sum_dy = np.empty(part_shape)
+        sum_dy_xhat = np.empty(part_shape)
         kernel.for_size(elements)(
             dyk, xk, coefficients(mean), coefficients(rstd),
-            _param(weight, ones), samples_per_block, sum_dy, sum_dy_xhat, dxk,
+            _param(weight, c, 1.0), samples_per_block, sum_dy, sum_dy_xhat, dxk,
         )
         if not param_grads:
             return None, None
@@ -457,58 +429,31 @@ def _magnitude(g):
     return coefficients(g)
 
 
-@functools.lru_cache(maxsize=256)
+@memory.cache(maxsize=64)
 def weight_norm_forward_steps(kshape):
     """Weight norm for kernel arrays of shape ``kshape``: ``steps(vk, wk, g)
     -> rstd`` writes ``w = g[r] * v / ||v[r]||`` per row into ``wk`` and
     returns float64 ``1/||v||``."""
     rows, length = kshape
     rows_per_task = _scale_rows_per_task(length)
-    kernel = backend.row_scale_forward
+    kernel = row_kernels.row_scale_forward
     elements = rows * length
-    new_stats = _buffers.stats_maker((rows,))
 
     def steps(vk, wk, g):
-        rstd = new_stats()
+        rstd = np.empty(rows)
         kernel.for_size(elements)(vk, _magnitude(g), rows_per_task, wk, rstd)
         return rstd
 
     return steps
 
 
-def weight_norm_forward_new_call(kshape, dtype, g):
-    """Weight norm forward in one compiled call that allocates its outputs
-    too: ``(kernel, args)``, and ``kernel(v, g, *args) -> (w, rstd)`` for a
-    C-contiguous ``v`` of ``dtype`` whose kernel view is its reshape to
-    ``kshape`` and a ``g`` of this one's shape, dtype and strides (a runner
-    key holds them). The same results as :func:`weight_norm_forward_steps`.
-    The kernel's build is chosen here, once (:meth:`Kernel.for_size` weighs
-    the size and the pool's wait policy, measured once a process): the
-    runner calls it with nothing in between. None where those steps serve
-    better or this kernel does not apply: outputs of the sizes that reused
-    blocks serve (:mod:`numbanorm._buffers`), an empty ``v``, a ``g`` that
-    is not C-contiguous float32 or float64."""
-    rows, length = kshape
-    elements = rows * length
-    if (
-        elements == 0
-        or _buffers.reuses(elements * dtype.itemsize)
-        or _buffers.reuses(rows * 8, _buffers.STATS_REUSE_MIN_BYTES)
-        or g.dtype not in _KERNEL_FLOATS
-        or not g.flags.c_contiguous
-    ):
-        return None
-    rows_per_task = _scale_rows_per_task(length)
-    return backend.new_row_scale_forward.for_size(elements), (rows, rows_per_task)
-
-
-@functools.lru_cache(maxsize=256)
+@memory.cache(maxsize=64)
 def weight_norm_backward_steps(kshape):
     """Backward of :func:`weight_norm_forward_steps`: ``steps(dwk, vk, dvk,
     rstd, g) -> dg`` writes dv into ``dvk`` and returns float64 ``dg`` per
     row."""
     rows, length = kshape
-    kernel = backend.row_scale_backward
+    kernel = row_kernels.row_scale_backward
     elements = rows * length
 
     def steps(dwk, vk, dvk, rstd, g):
