@@ -27,7 +27,7 @@ from ._types import NormStats
 def _checks(shape, v_dtype, g_shape, g_dtype, axis, device):
     """Everything about a call that depends on shapes, dtypes and the device
     only, checked once per combination (cached: a small weight norm is a
-    20 us call, and these steps cost 2-3 us of it with the caches cold):
+    short call, and these steps are a good part of it):
     the engine, the result and kernel dtypes, the row view of ``v`` (one row
     per slice) and the shape of the per-slice statistics. ``axis`` is an int
     or None; an out-of-range ``axis``, a bad dtype or ``g`` shape raise here

@@ -201,9 +201,8 @@ def channel_backward_coefficients(
     ``batch_stats``), and, when ``dweight``/``dbias`` have length ``C``,
     ``dweight[c] = sum_n sum(dy * xhat)`` and ``dbias[c] = sum_n sum(dy)``.
 
-    A serial kernel: the same steps in NumPy, a dozen small calls right after
-    a pass over memory that has evicted the interpreter from the caches,
-    took 85 us of batch norm 32x56x56x64 backward (2.9 ms).
+    A serial kernel: the same steps in NumPy are a dozen small calls right
+    after a pass over memory that has evicted the interpreter from the caches.
     """
     N, _, C = a_part.shape
     groups = beta.shape[1]
@@ -235,10 +234,8 @@ def channel_backward_apply(dy, x, mean, rstd, weight, beta, gamma, p_chunk, dx):
     Statistics and ``beta``/``gamma`` are float64 per ``(n, group)``,
     ``weight`` float64 per channel.
 
-    Tasks run in order. Each thread running its chunks from last to first, so
-    as to start on what the sums pass read last, was 1-4% slower here in
-    paired kernel runs (batch norm 256x7x7x512 and 32x56x56x64, both
-    layouts): that data is no longer in the cache.
+    Tasks run in order (from last to first, to start on what the sums pass
+    read last, was no faster: that data is no longer in the cache).
     """
     N, P, C, Q = x.shape
     cg = C // mean.shape[1]
@@ -279,12 +276,11 @@ def channel_runs_backward(dy, x, mean, rstd, weight, dx, dweight, dbias):
 
     The chunked kernels read ``x`` and ``dy`` twice from memory, once for
     the sums and once for ``dx``; a channel of 8x256x28x28 is 8 runs of
-    3 KiB, 50 KiB with ``dy``, which the second pass finds in L2 (batch norm
-    8x256x28x28 backward, 2 threads, alternating in one process: 0.43 ms
-    here, 0.64 ms chunked; 32x64x56x56: 2.57 against 2.92 ms). The sums are
-    added in the chunked kernels' order when a chunk is one sample, so both
-    give the same bits then. Short runs (7x7 images) stay chunked: 256 runs
-    of 196 bytes, a sample's length apart, were 2.2x slower read this way.
+    3 KiB, 50 KiB with ``dy``, which the second pass finds in L2. The sums
+    are added in the chunked kernels' order when a chunk is one sample, so
+    both give the same bits then. Short runs (7x7 images) stay chunked:
+    hundreds of runs of 196 bytes, a sample's length apart, read slowly this
+    way.
     """
     N, P, C, Q = x.shape
     inv_count = 1.0 / (P * Q)

@@ -23,9 +23,7 @@ shapes) and returns the steps a call runs, ``steps(xk, yk, *params)`` forward
 and ``steps(dyk, xk, dxk, stats, *params)`` backward, ``stats`` the saved
 statistics as the forward steps returned them. The public functions ask for
 them once per call signature (see the runners in :mod:`numbanorm._layout`);
-the CUDA engine has the same ones. One more is host-only, as runners are:
-:func:`weight_norm_forward_new_call`, a whole small forward in one
-compiled call.
+the CUDA engine has the same ones (:mod:`numbanorm._interface`).
 """
 
 import math
@@ -47,25 +45,21 @@ CHUNK_ELEMENTS = 1 << 16
 MAX_CHUNKS = 32
 #: Row-kernel backward splits rows into at most this many blocks of partial
 #: parameter-gradient sums, each of at least ``MIN_ROWS_PER_BLOCK`` rows (the
-#: partial sums stay small next to the data: they are added up after the
-#: pass, with the caches cold; with 64 blocks, in NumPy, that took 37 us of
-#: layer norm 4096x1024's backward, with 16 blocks 18 us).
+#: partial sums stay small next to the data).
 MAX_ROW_BLOCKS = 16
 MIN_ROWS_PER_BLOCK = 16
 #: Group and instance norm run one fused task per sample from this many
 #: samples on (see :func:`sample_forward_steps`).
 SAMPLE_KERNEL_MIN_N = 4
 #: Their backward adds the samples' parameter-gradient sums in at most this
-#: many blocks of consecutive samples, one task each (instance norm
-#: 256x512x7x7 backward, same process, alternating: 1.49-1.71 ms with 16
-#: blocks, 1.51-1.73 ms with 64, 1.62-1.84 ms with a block per sample; 64
-#: leaves work for more threads). Their channels-last forward splits the
+#: many blocks of consecutive samples, one task each (enough tasks for many
+#: threads, few partial sums). Their channels-last forward splits the
 #: samples the same way.
 SAMPLE_BLOCKS = 64
 
 
 #: Batch norm backward on long channels-first runs takes one task per channel
-#: (:func:`numbanorm._cpu.channel_kernels.channel_runs_backward`) from this many
+#: (:func:`numbanorm._cpu.channels.channel_runs_backward`) from this many
 #: channels on; fewer channels (an RGB input's 3) would leave threads idle,
 #: so they stay chunked by samples.
 CHANNEL_TASKS_MIN = 16
@@ -73,9 +67,8 @@ CHANNEL_TASKS_MIN = 16
 
 #: Weight norm forward on rows of at least this many values gives each task
 #: ``SCALE_ROWS_PER_TASK`` rows and sums the next row's squares while it
-#: scales the current one (:func:`numbanorm._cpu.row_kernels.row_scale_forward`);
-#: shorter rows, whose data stays in L2, take a task per row (2048x2048:
-#: 0.58 ms so, 0.62 ms with 16 rows per task; 256x128x3x3 the same).
+#: scales the current one (:func:`numbanorm._cpu.rows.row_scale_forward`);
+#: shorter rows, whose data stays in L2, take a task per row.
 SCALE_PIPELINE_MIN_LENGTH = 4096
 SCALE_ROWS_PER_TASK = 16
 
@@ -216,8 +209,7 @@ def row_backward_steps(kshape, dtype, center, param_grads, weight_dtype):
     kernel = row_kernels.row_backward
     elements = rows * length
     # The kernel stores the gradients in the weight's dtype (float64 without a
-    # weight, or for other dtypes): no cast left for the caller (10 us a call
-    # with the caches cold after the pass, layer norm 64x4096).
+    # weight, or for other dtypes): no cast left for the caller.
     if weight_dtype is not None and weight_dtype in _KERNEL_FLOATS:
         grad_dtype = weight_dtype
     else:
@@ -421,8 +413,7 @@ def sample_backward_steps(kshape, groups, param_grads):
 def _magnitude(g):
     """Weight norm's ``g`` as a 1-D kernel argument: itself when it is a
     writeable, contiguous float32 or float64 array (the kernels promote each
-    value to float64, exactly), else a float64 copy. Not converting a
-    float32 ``g`` saved 1 us of weight norm 256x128x3x3 forward's 25 us."""
+    value to float64, exactly), else a float64 copy."""
     g = _flat(g)
     if g.dtype in _KERNEL_FLOATS and g.flags.c_contiguous and g.flags.writeable:
         return g

@@ -93,10 +93,8 @@ def _row_dx_coefficients(dy, x, weight, r, mu, rs, center):
     ``mean(g * xhat)``.
 
     The terms ``g`` and ``g * xhat`` are formed in ``x``'s dtype, as the
-    ``dx`` loop forms them, and summed in float64: float64 products cost
-    4-6% of layer norm 4096x1024 and 65536x128 backward (public function,
-    alternating in one process), and changed the gradients' error against
-    float64 arithmetic by less than its own spread (see ``docs/accuracy.rst``).
+    ``dx`` loop forms them, and summed in float64 (float64 products were
+    slower and no more accurate; see ``docs/accuracy.rst``).
     """
     n = x.shape[1]
     hi, lo = split_like(x, mu)
@@ -151,9 +149,8 @@ def _block_totals(dweight_part, dbias_part, dweight, dbias):
     blocks' float64 sums added in block order (NumPy's order, the same bits),
     one task per ``TOTAL_COLUMNS`` columns, then stored in ``dweight``'s and
     ``dbias``'s dtype (the weight's: rounded once, as ``astype`` would).
-    Inside the kernel rather than in NumPy after it: layer norm 8x64
-    backward 11.5 -> 9.5 us, 64x4096 125 -> 121 us (public function,
-    alternating in one process)."""
+    Inside the kernel rather than in NumPy after it, where a few NumPy
+    calls would cost more than the additions."""
     blocks, n = dweight_part.shape
     for t in prange((n + TOTAL_COLUMNS - 1) // TOTAL_COLUMNS):
         j0 = t * TOTAL_COLUMNS
@@ -341,10 +338,8 @@ def row_scale_forward(v, g, rows_per_task, w, rstd):
     float64 sum of squares, then each row's scaling, which also sums the
     next row's squares in the same loop. With one row per task that is the
     sum and then the scaling while the row is in cache; with several, the
-    loads of the next row overlap the stores of this one (weight norm
-    4096x4096 forward kernel, 2 threads, alternating in one process: 3.0 ms
-    with 16 rows per task, 3.8-3.9 ms with 1 or 4, 5.1 ms for the sum and
-    the scaling in separate loops). A task's first row is summed in a loop
+    loads of the next row overlap the stores of this one. A task's first
+    row is summed in a loop
     of its own, the others inside the scaling loop: the same steps, but
     LLVM may vectorize the two loops differently, and the sums of float64
     rows can differ in the last bit. Which rows are first depends on the
@@ -352,20 +347,14 @@ def row_scale_forward(v, g, rows_per_task, w, rstd):
 
     The squares of four values a quarter of the row apart are added in
     ``v``'s dtype, then to the float64 sum: four float32 lanes per float64
-    conversion instead of one (weight norm 256x128x3x3 forward kernel:
-    17.9 us against 19.7 us; 4096x4096: 4.64 against 4.88 ms). On float32
-    data this moves ``rstd`` by at most 9e-8 of itself (three float32
+    conversion instead of one. On float32 data this moves ``rstd`` by at
+    most 9e-8 of itself (three float32
     roundings of a sum of positive terms, halved by the square root) and by
     5e-9 on normal data, under the float32 rounding of ``w``
     (``docs/accuracy.rst``).
 
     Rows are indexed as ``v[r, j]``, never taken as views ``v[r]``: in the
-    serial build each view takes and drops a reference to ``v``'s memory,
-    two atomic operations, about 20 ns a row (public ``weight_norm`` in a
-    process whose pool sleeps, so serially, alternating with views:
-    256x4 3.96 against 8.39 us, 64x288 5.6 against 6.9 us, 256x128x3x3
-    69 against 80 us; in parallel, where the tasks' arrays hold no
-    reference, 256x128x3x3 2% faster).
+    serial build each view takes and drops a reference to ``v``'s memory.
     """
     rows = v.shape[0]
     for k in prange((rows + rows_per_task - 1) // rows_per_task):

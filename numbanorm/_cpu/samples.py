@@ -60,8 +60,7 @@ def _pair_sums(g2, x2, h0, l0, h1, l1):
     of ``g2``/``x2``), summed in ``x``'s dtype, returned as float64.
 
     Two channels share one loop: a 49-value run is too short for a loop of
-    its own to pay (instance norm 256x512x7x7 backward: 1.5x faster in
-    pairs). One array per operand keeps the loop's overlap checks few.
+    its own to pay. One array per operand keeps the loop's overlap checks few.
     """
     zero = cast_like(x2, 0.0)
     a0, b0, a1, b1 = zero, zero, zero, zero
@@ -189,18 +188,12 @@ def sample_norm_forward(x, groups, weight, bias, eps, samples_per_task, y, mean,
     mean when that lies far from it (:func:`far_shift`). Channels first
     (``Q > 1``), one group at a time: its sums, then its ``y`` while the
     group is in the L1 cache (a 7x7 group of 16 channels is 3 KiB). Taking
-    the whole sample's statistics first and then its ``y`` read the sample
-    back from L2 and left memory idle during the arithmetic: group norm
-    256x512x7x7 forward through the public function, 2 threads, 1.20-1.24 ms
-    against 0.94-1.08 ms group by group.
+    the whole sample's statistics first and then its ``y`` would read the
+    sample back from L2 and leave memory idle during the arithmetic.
 
     Channels last (``Q == 1``), a task takes ``samples_per_task``
     consecutive samples, one after the other, with one set of per-channel
-    work arrays (group norm 256x7x7x512 forward, alternating in one
-    process: 1.47 ms with a task and its six arrays per sample, 1.45 ms with
-    4 samples per task). Taking the next sample's sums in the pass that
-    writes this one's ``y`` was 5-9% slower on 32x56x56x64 and 8x28x28x256
-    and 2-4% faster on 256x7x7x512.
+    work arrays.
     """
     N, P, C, Q = x.shape
     cg = C // groups
@@ -219,7 +212,7 @@ def sample_norm_forward(x, groups, weight, bias, eps, samples_per_task, y, mean,
                 mu, rs = _mean_rstd(t1, t2, s, inv_count, eps)
                 mean[n, g] = mu
                 rstd[n, g] = rs
-                if P == 1:  # NCHW: no loop (instance norm 7x7 kernel: 1.45 -> 1.25 ms)
+                if P == 1:  # NCHW: no loop around a short run
                     _affine_group_runs(x, y, n, 0, g, cg, mu, rs, weight, bias)
                 else:
                     for p in range(P):
@@ -329,8 +322,7 @@ def sample_norm_backward(
     ``dx = rstd * (g - sum(g)/M - xhat * sum(g * xhat)/M)``.
 
     A row per block rather than per sample keeps the partial sums small next
-    to the data: NumPy adds them up after the pass, with the caches cold
-    (instance norm 256x512x7x7: 2 MiB of per-sample rows took 60 us to add).
+    to the data: NumPy adds them up after the pass, with the caches cold.
     """
     N = x.shape[0]
     nblocks = (N + samples_per_block - 1) // samples_per_block
@@ -349,9 +341,7 @@ def instance_runs_backward(
     channels per loop, for the sums and for ``dx``.
 
     A kernel of its own: the same loops inside :func:`sample_norm_backward`,
-    among its other layouts, ran 9-16% slower (instance norm 256x512x7x7
-    backward kernel, 2 threads, alternating in one process: 1.14-1.21 ms
-    there, 1.02-1.08 ms here).
+    among its other layouts, compiled slower.
     """
     N, P, C, Q = x.shape
     inv_count = 1.0 / Q
