@@ -27,6 +27,7 @@ same bytes. Without a GPU it says so and exits cleanly.
 import argparse
 import json
 import math
+import os
 import sys
 import time
 
@@ -38,6 +39,8 @@ LN_SHAPES = [(8, 64), (64, 4096), (4096, 1024), (65536, 128), (8192, 4096)]
 CONV_SHAPES = [(32, 64, 56, 56), (8, 256, 28, 28), (256, 512, 7, 7)]
 WN_SHAPES = [(4096, 4096), (256, 128, 3, 3)]
 GROUPS = 32
+#: Seconds between two bursts (see :func:`_time`).
+SETTLE_S = float(os.environ.get("BENCH_SETTLE_S", "0.05"))
 
 
 def _rows():
@@ -208,21 +211,17 @@ class Case:
         np.add(self.x, self.dy, out=self.y_floor)
 
 
-def _time(fns, budget, burst=10):
+def _time(fns, budget, burst=10, blocks=4):
     """Median seconds of each callable over about ``budget`` seconds.
 
-    The callables are timed in rounds: ``burst`` calls of one, then of the
-    next, so the libraries alternate throughout the run while each keeps its
-    OpenMP threads warm, as it would in a program that uses only it (both
-    libraries' idle threads spin for a while after a parallel region; strict
-    call-by-call alternation makes each land on the other's spinning pool).
-    The last callable (the floor) ends every round; the ones before it go
-    in their order in even rounds and in reverse in odd ones, so each
-    library follows the floor in half the rounds: a library's burst right
-    after the floor's single-threaded copy ran 0.2-2.1% slower than its
-    burst after the other library's (group norm NCHW 32x64x56x56 and
-    256x512x7x7 forward, weight norm 256x128x3x3 forward, both libraries,
-    one process), and with one order numbanorm always had that place.
+    Each callable is timed in blocks of back-to-back bursts of ``burst``
+    calls, with its thread pool warm, as in a program that uses only it.
+    numbanorm's kernels run on TBB and PyTorch's on its own OpenMP runtime:
+    a pool's idle threads spin for a while after a parallel region, so a
+    library timed right after the other would share the cores with the
+    other's spinning threads. Each block therefore starts after a pause of
+    ``SETTLE_S`` seconds. The libraries' blocks alternate, in reversed order
+    every other time; the floor (the last callable) ends every round.
     """
     live = [f for f in fns if f is not None]
     for f in live:  # warm up
@@ -231,16 +230,19 @@ def _time(fns, budget, burst=10):
     for f in live:
         f()
     one = max(time.perf_counter() - t0, 1e-6)
-    rounds = int(min(60, max(2, budget / (one * burst))))
+    bursts = int(min(15, max(1, budget / (one * burst * blocks))))
     samples = [[] for _ in fns]
     libraries = list(range(len(fns) - 1))
-    for r in range(rounds):
+    for r in range(blocks):
         order = (libraries if r % 2 == 0 else libraries[::-1]) + [len(fns) - 1]
         for i in order:
             f = fns[i]
             if f is None:
                 continue
-            for _ in range(burst):
+            time.sleep(SETTLE_S)  # the other library's idle threads go to sleep
+            for _ in range(burst):  # this library's threads wake up
+                f()
+            for _ in range(bursts * burst):
                 t = time.perf_counter()
                 f()
                 samples[i].append(time.perf_counter() - t)

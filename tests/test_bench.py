@@ -50,14 +50,16 @@ def test_gpu_bench_skips_cleanly_without_a_gpu(capsys):
     assert "no CUDA GPU available" in capsys.readouterr().out
 
 
-def test_each_library_follows_the_floor_in_half_the_rounds():
-    # The burst right after the floor's single-threaded copy runs slower;
-    # with one fixed order the first library would always have that place.
-    calls = []
+def test_each_library_is_timed_in_blocks_after_a_pause_each_first_in_half(monkeypatch):
+    # Two thread runtimes in one process: a library timed right after the
+    # other would share the cores with the other's spinning threads.
+    calls, pauses = [], []
+    monkeypatch.setattr(bench.time, "sleep", lambda s: (pauses.append(s), calls.append("pause")))
     fns = [lambda: calls.append("ours"), lambda: calls.append("theirs"), lambda: calls.append("floor")]
-    bench._time(fns, budget=1.0, burst=1)
+    bench._time(fns, budget=1.0, burst=2, blocks=4)
     timed = calls[6:]  # after the warm-up call and the sizing call of each
-    assert len(timed) == 3 * 60 and timed[-1] == "floor"
-    after_floor = [timed[i + 1] for i in range(len(timed) - 1) if timed[i] == "floor"]
-    assert (after_floor.count("theirs"), after_floor.count("ours")) == (30, 29)
-    assert timed.count("ours") == timed.count("theirs") == timed.count("floor") == 60
+    blocks = "".join("|" if c == "pause" else c[0] for c in timed).split("|")[1:]
+    assert len(blocks) == 4 * 3 and all(len(set(b)) == 1 for b in blocks)
+    assert [b[0] for b in blocks] == list("otf" "tof" "otf" "tof")
+    assert all(p == bench.SETTLE_S > 0 for p in pauses)
+    assert timed.count("ours") == timed.count("theirs") == timed.count("floor")
