@@ -33,7 +33,7 @@ import time
 
 import numpy as np
 
-import numbanorm as nn
+from numbanorm._cases import calls
 
 LN_SHAPES = [(8, 64), (64, 4096), (4096, 1024), (65536, 128), (8192, 4096)]
 CONV_SHAPES = [(32, 64, 56, 56), (8, 256, 28, 28), (256, 512, 7, 7)]
@@ -79,30 +79,15 @@ class Case:
 
     # ----------------------------------------------------------- numbanorm
     def _ours(self):
-        x, dy, w, b, ax = self.x, self.dy, self.w, self.b, self.axis
-        norm = self.norm
-        if norm == "layer":
-            fwd = lambda: nn.layer_norm(x, w, b)  # noqa: E731
-            bwd = lambda s: nn.layer_norm_backward(dy, x, s, w)  # noqa: E731
-        elif norm == "rms":
-            fwd = lambda: nn.rms_norm(x, w)  # noqa: E731
-            bwd = lambda s: nn.rms_norm_backward(dy, x, s, w)  # noqa: E731
-        elif norm == "batch":
-            rm, rv = np.zeros(len(w), np.float32), np.ones(len(w), np.float32)
-            fwd = lambda: nn.batch_norm(x, w, b, axis=ax, running_mean=rm, running_var=rv)  # noqa: E731
-            bwd = lambda s: nn.batch_norm_backward(dy, x, s, w, axis=ax)  # noqa: E731
-        elif norm == "group":
-            fwd = lambda: nn.group_norm(x, GROUPS, w, b, axis=ax)  # noqa: E731
-            bwd = lambda s: nn.group_norm_backward(dy, x, s, w, axis=ax)  # noqa: E731
-        elif norm == "instance":
-            fwd = lambda: nn.instance_norm(x, w, b, axis=ax)  # noqa: E731
-            bwd = lambda s: nn.instance_norm_backward(dy, x, s, w, axis=ax)  # noqa: E731
-        else:
-            fwd = lambda: nn.weight_norm(x, w, axis=0)  # noqa: E731
-            bwd = lambda s: nn.weight_norm_backward(dy, x, w, s, axis=0)  # noqa: E731
-        saved = fwd()[1]
-        self.ours_fwd = fwd
-        self.ours_bwd = lambda: bwd(saved)
+        options = {"groups": GROUPS} if self.norm == "group" else {}
+        if self.norm == "batch":  # the running statistics' update is timed too
+            c = len(self.w)
+            options = {"running_mean": np.zeros(c, np.float32), "running_var": np.ones(c, np.float32)}
+        fwd, bwd = calls(self.norm, self.layout, self.x.shape, self.w, self.b, **options)
+        x, dy = self.x, self.dy
+        saved = fwd(x)[1]
+        self.ours_fwd = lambda: fwd(x)
+        self.ours_bwd = lambda: bwd(dy, x, saved)
 
     # ---------------------------------------------------- plain NumPy baseline
     def _numpy(self):
@@ -340,22 +325,16 @@ def _gpu_case(torch, norm, layout, shape):
     c = shape[-1] if norm in ("layer", "rms") else shape[1]
     w = 1.0 + 0.1 * torch.randn(c, device=dev, generator=g)
     b = 0.1 * torch.randn(c, device=dev, generator=g)
-    axis = -1 if layout in ("nhwc", "rows") else 1
+    fwd, bwd = calls(norm, layout, tuple(x.shape), w, b, **({"groups": GROUPS} if norm == "group" else {}))
+    ours = lambda: fwd(x)  # noqa: E731
+    back = lambda s: bwd(dy, x, s)  # noqa: E731
     if norm == "layer":
-        ours = lambda: nn.layer_norm(x, w, b)  # noqa: E731
-        back = lambda s: nn.layer_norm_backward(dy, x, s, w)  # noqa: E731
         theirs = lambda xr, wr, br: F.layer_norm(xr, (c,), wr, br)  # noqa: E731
     elif norm == "rms":
-        ours = lambda: nn.rms_norm(x, w)  # noqa: E731
-        back = lambda s: nn.rms_norm_backward(dy, x, s, w)  # noqa: E731
         theirs = lambda xr, wr, br: F.rms_norm(xr, (c,), wr, eps=1e-6)  # noqa: E731
     elif norm == "batch":
-        ours = lambda: nn.batch_norm(x, w, b, axis=axis)  # noqa: E731
-        back = lambda s: nn.batch_norm_backward(dy, x, s, w, axis=axis)  # noqa: E731
         theirs = lambda xr, wr, br: F.batch_norm(xr, None, None, wr, br, training=True)  # noqa: E731
     else:
-        ours = lambda: nn.group_norm(x, GROUPS, w, b, axis=axis)  # noqa: E731
-        back = lambda s: nn.group_norm_backward(dy, x, s, w, axis=axis)  # noqa: E731
         theirs = lambda xr, wr, br: F.group_norm(xr, GROUPS, wr, br)  # noqa: E731
     saved = ours()[1]
     xr = x_t.detach().requires_grad_(True)

@@ -8,33 +8,28 @@ import numbanorm as nn
 import reference as ref
 from helpers import assert_close, normal
 from numbanorm import _layout
+from numbanorm._cases import calls
 from numbanorm._cpu import compile as _jit
 
 # Shapes large enough to split into many tasks and partial-sum blocks.
+# Each case is a norm and layout of the shared table (numbanorm._cases).
 CASES = {
-    "layer": lambda x, w, b: nn.layer_norm(x, w[: x.shape[-1]], b[: x.shape[-1]]),
-    "rms": lambda x, w, b: nn.rms_norm(x, w[: x.shape[-1]]),
-    "batch_nchw": lambda x, w, b: nn.batch_norm(x, w[: x.shape[1]], b[: x.shape[1]]),
-    "batch_nhwc": lambda x, w, b: nn.batch_norm(x, w[: x.shape[-1]], b[: x.shape[-1]], axis=-1),
-    "group_nchw": lambda x, w, b: nn.group_norm(x, 2, w[: x.shape[1]], b[: x.shape[1]]),
-    "group_nhwc": lambda x, w, b: nn.group_norm(x, 2, w[: x.shape[-1]], b[: x.shape[-1]], axis=-1),
-    "instance": lambda x, w, b: nn.instance_norm(x, w[: x.shape[1]], b[: x.shape[1]]),
-}
-BACKWARD = {
-    "layer": lambda dy, x, s, w: nn.layer_norm_backward(dy, x, s, w[: x.shape[-1]]),
-    "rms": lambda dy, x, s, w: nn.rms_norm_backward(dy, x, s, w[: x.shape[-1]]),
-    "batch_nchw": lambda dy, x, s, w: nn.batch_norm_backward(dy, x, s, w[: x.shape[1]]),
-    "batch_nhwc": lambda dy, x, s, w: nn.batch_norm_backward(dy, x, s, w[: x.shape[-1]], axis=-1),
-    "group_nchw": lambda dy, x, s, w: nn.group_norm_backward(dy, x, s, w[: x.shape[1]]),
-    "group_nhwc": lambda dy, x, s, w: nn.group_norm_backward(dy, x, s, w[: x.shape[-1]], axis=-1),
-    "instance": lambda dy, x, s, w: nn.instance_norm_backward(dy, x, s, w[: x.shape[1]]),
+    "layer": ("layer", "rows"),
+    "rms": ("rms", "rows"),
+    "batch_nchw": ("batch", "nchw"),
+    "batch_nhwc": ("batch", "nhwc"),
+    "group_nchw": ("group", "nchw"),
+    "group_nhwc": ("group", "nhwc"),
+    "instance": ("instance", "nchw"),
 }
 SHAPE = (9, 16, 37, 40)
 
 
 def _run(name, x, dy, w, b):
-    y, saved = CASES[name](x, w, b)
-    return (y, *[s for s in saved[:2] if s is not None], *BACKWARD[name](dy, x, saved, w))
+    forward, backward = calls(*CASES[name], x.shape, w, b)
+    y, saved = forward(x)
+    return (y, *[s for s in saved[:2] if s is not None], *backward(dy, x, saved))
+
 
 
 @pytest.fixture

@@ -10,35 +10,35 @@ import numbanorm as nn
 import reference as ref
 from helpers import RTOL, assert_close, normal
 from numbanorm import _layout
+from numbanorm._cases import calls
 
 SHAPE = (6, 8, 5, 4)
 C = SHAPE[1]
 
-FORWARD = {
-    "layer": lambda x, w, b: nn.layer_norm(x, w[: x.shape[-1]], b[: x.shape[-1]]),
-    "rms": lambda x, w, b: nn.rms_norm(x, w[: x.shape[-1]]),
-    "group": lambda x, w, b: nn.group_norm(x, 4, w, b),
-    "group_nhwc": lambda x, w, b: nn.group_norm(x, 2, w[: x.shape[-1]], b[: x.shape[-1]], axis=-1),
-    "instance": lambda x, w, b: nn.instance_norm(x, w, b),
-    "weight": lambda x, w, b: nn.weight_norm(x, w[: x.shape[0]]),
+# Norm, layout and options of the shared table (numbanorm._cases).
+CASES = {
+    "layer": ("layer", "rows", {}),
+    "rms": ("rms", "rows", {}),
+    "group": ("group", "nchw", {"groups": 4}),
+    "group_nhwc": ("group", "nhwc", {"groups": 2}),
+    "instance": ("instance", "nchw", {}),
+    "weight": ("weight", "rows", {}),
 }
-BACKWARD = {
-    "layer": lambda dy, x, s, w: nn.layer_norm_backward(dy, x, s, w[: x.shape[-1]]),
-    "rms": lambda dy, x, s, w: nn.rms_norm_backward(dy, x, s, w[: x.shape[-1]]),
-    "group": lambda dy, x, s, w: nn.group_norm_backward(dy, x, s, w),
-    "group_nhwc": lambda dy, x, s, w: nn.group_norm_backward(dy, x, s, w[: x.shape[-1]], axis=-1),
-    "instance": lambda dy, x, s, w: nn.instance_norm_backward(dy, x, s, w),
-    "weight": lambda dy, x, s, w: nn.weight_norm_backward(dy, x, w[: x.shape[0]], s),
-}
+
+
+def _calls(name, x, w, b):
+    norm, layout, options = CASES[name]
+    return calls(norm, layout, x.shape, w, b, **options)
 
 
 def _run(name, x, dy, w, b):
-    y, saved = FORWARD[name](x, w, b)
+    forward, backward = _calls(name, x, w, b)
+    y, saved = forward(x)
     stats = [s for s in saved[:2] if s is not None]
-    return [y, *stats, *[g for g in BACKWARD[name](dy, x, saved, w) if g is not None]]
+    return [y, *stats, *[g for g in backward(dy, x, saved) if g is not None]]
 
 
-@pytest.mark.parametrize("name", FORWARD)
+@pytest.mark.parametrize("name", CASES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_a_repeated_call_reads_new_contents_and_matches_the_full_path(name, dtype, rng):
     x, dy = normal(rng, SHAPE, dtype, loc=2.0), normal(rng, SHAPE, dtype)
@@ -106,20 +106,21 @@ def test_a_signature_seen_before_still_checks_what_it_cannot_cover(call, exc, ma
         call(x, w)
 
 
-@pytest.mark.parametrize("name", FORWARD)
+@pytest.mark.parametrize("name", CASES)
 def test_saved_statistics_are_checked_on_every_call(name, rng):
     x, dy = normal(rng, SHAPE, np.float32), normal(rng, SHAPE, np.float32)
     w, b = normal(rng, (C,), np.float32), normal(rng, (C,), np.float32)
-    _, saved = FORWARD[name](x, w, b)
-    BACKWARD[name](dy, x, saved, w)  # the runner exists now
+    forward, backward = _calls(name, x, w, b)
+    _, saved = forward(x)
+    backward(dy, x, saved)  # the runner exists now
     rstd = saved.rstd
     wrong = saved._replace(rstd=rstd.reshape(-1)[:-1])
     with pytest.raises(ValueError, match="saved"):
-        BACKWARD[name](dy, x, wrong, w)
+        backward(dy, x, wrong)
     if saved.mean is not None:
         wrong_mean = saved._replace(mean=saved.mean.reshape(-1)[:-1])
         with pytest.raises(ValueError, match="saved.mean"):
-            BACKWARD[name](dy, x, wrong_mean, w)
+            backward(dy, x, wrong_mean)
 
 
 def test_the_runners_kept_are_bounded(rng):
