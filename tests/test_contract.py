@@ -318,37 +318,3 @@ def test_kernel_builds_are_cached_under_names_that_carry_the_compile_flags():
     assert kernel.parallel.py_func.__qualname__ == "row_forward" + _jit.CACHE_TAG
     assert kernel.serial.py_func.__qualname__ == "row_forward_serial" + _jit.CACHE_TAG
     assert all(flag in _jit.CACHE_TAG for flag in _jit.FASTMATH)
-
-
-def _sum_of_squares(wide):
-    """A loop LLVM vectorizes, compiled afresh (no cache: Numba shows the IR
-    and machine code only of what it compiled), asking for 512-bit vectors
-    or not."""
-
-    def body(a):
-        if wide:
-            _jit.wide_vectors()
-        s = 0.0
-        for i in range(a.shape[0]):
-            s += np.float64(a[i]) * np.float64(a[i])
-        return s
-
-    f = numba.njit(fastmath=set(_jit.FASTMATH))(body)
-    a = np.arange(1000, dtype=np.float32)
-    assert f(a) == pytest.approx(float((a.astype(np.float64) ** 2).sum()), rel=1e-12)
-    sig = f.signatures[0]
-    return f.inspect_llvm(sig), f.inspect_asm(sig)
-
-
-def test_wide_vectors_asks_llvm_for_512_bit_vectors_in_the_calling_function():
-    """``_jit.wide_vectors`` sets a function attribute that llvmlite does not
-    know: it must reach the IR (and, on a CPU with AVX-512, the machine code)
-    of the function that calls it, and only of that one."""
-    import llvmlite.binding as llvm
-
-    wide_ir, wide_asm = _sum_of_squares(True)
-    plain_ir, _ = _sum_of_squares(False)
-    assert _jit.PREFER_512_BIT_VECTORS in wide_ir
-    assert _jit.PREFER_512_BIT_VECTORS not in plain_ir
-    if "+avx512f" in llvm.get_host_cpu_features().flatten().split(","):
-        assert "zmm" in wide_asm

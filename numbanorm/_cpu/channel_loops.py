@@ -27,7 +27,7 @@ coefficient instead, see :func:`_affine_coefficients`).
 
 import numpy as np
 
-from .compile import aligned_empty, cast_like, helper, muladd, split_like, wide_vectors
+from .compile import aligned_empty, cast_like, helper, muladd, split_like
 
 #: Channels-last reductions fold this many rows together in float64 registers
 #: before updating the per-channel sums, so the sums are loaded and stored once
@@ -53,8 +53,7 @@ def _add_moments(x, n, p, p_stop, sh, s1, s2):
     """Add ``sum(x - sh[c])`` and ``sum((x - sh[c])**2)`` over rows
     ``p:p_stop`` of sample ``n`` into ``s1[c]``, ``s2[c]`` (float64):
     channels last (``Q == 1``) through :func:`_add_row_moments`, the rows
-    it leaves and channels-first runs (``Q > 1``) run by run, 256 bits wide
-    (512-bit vectors were slower on channels-first runs).
+    it leaves and channels-first runs (``Q > 1``) run by run.
     """
     N, P, C, Q = x.shape
     r = 0  # channels-last rows taken below; the rest, and Q > 1, go run by run
@@ -75,9 +74,8 @@ def _add_row_moments(xc, sh, s1, s2):
 
     Rows of fewer than ``PAIRED_ROWS_MAX_C`` channels two at a time (``s1``
     and ``s2`` loaded and stored once per pair), wider ones ``FOLDED_ROWS`` at
-    a time, folded in registers, 512 bits wide.
+    a time, folded in registers.
     """
-    wide_vectors()
     rows, C = xc.shape
     r = 0
     if C < PAIRED_ROWS_MAX_C:
@@ -171,7 +169,6 @@ def _rows(x, n, p_start, p_stop):
 def _affine(x, y, n, p_start, p_stop, hi, a, b):
     """Channels last (``Q == 1``): ``y = (x - hi[c]) * a[c] + b[c]`` over rows
     ``p_start:p_stop`` (coefficients from :func:`_affine_coefficients`)."""
-    wide_vectors()
     xc = _rows(x, n, p_start, p_stop)
     yc = _rows(y, n, p_start, p_stop)
     for p in range(xc.shape[0]):
@@ -197,7 +194,6 @@ def _add_grad_sums(dy, x, n, p_start, p_stop, hi, lo, sa, sb):
     sums, and ``lo`` leaves the loop. Two rows per loop load and store the
     block's sums once for both (``docs/accuracy.rst`` gives the errors).
     """
-    wide_vectors()
     xc = _rows(x, n, p_start, p_stop)
     gc = _rows(dy, n, p_start, p_stop)
     rows, channels = xc.shape
@@ -232,7 +228,6 @@ def _backward_affine(dy, x, dx, n, p_start, p_stop, hi, al, be, ga):
     """Channels last (``Q == 1``): ``dx = al[c]*dy + be[c]*(x - hi[c]) + ga[c]``
     over rows ``p_start:p_stop`` (coefficients from
     :func:`_backward_coefficients`)."""
-    wide_vectors()
     xc = _rows(x, n, p_start, p_stop)
     gc = _rows(dy, n, p_start, p_stop)
     dc = _rows(dx, n, p_start, p_stop)

@@ -120,8 +120,8 @@ def channel_moments_totals(shift_part, s1_part, s2_part, p_chunk, rows, run, mea
 
 
 # The chunked kernels' channels-last coefficients are formed once per sample,
-# before the tasks: formed per task, they cost a quarter of batch norm's
-# 256x7x7x512 backward apply (512 channels for every 128-row task).
+# before the tasks: formed per task, hundreds of channels' coefficients
+# would be formed again for every short task.
 
 
 @kernel

@@ -201,35 +201,6 @@ def muladd(typingctx, a, b, c):
     return a(a, b, c), codegen
 
 
-#: The LLVM function attribute :func:`wide_vectors` sets.
-PREFER_512_BIT_VECTORS = '"prefer-vector-width"="512"'
-
-
-@intrinsic
-def wide_vectors(typingctx):
-    """Let LLVM vectorize the calling function's loops with 512-bit vectors
-    on a CPU with AVX-512: a statement of its own, first in a
-    :func:`helper` (not inlined), never in a kernel's body, so that a
-    kernel's serial and parallel builds call the same compiled loops and
-    give the same bits.
-
-    LLVM's x86 targets with AVX-512 prefer 256-bit vectors and Numba has no
-    per-function switch; the function attribute ``prefer-vector-width``
-    lifts it for one function. Where there is no AVX-512 it changes nothing,
-    and where llvmlite keeps function attributes in another form it does
-    nothing (the attribute is an optimization, never needed for results).
-    Where it is used and what it measured: ``docs/performance.rst``.
-    """
-
-    def codegen(context, builder, signature, args):
-        attributes = builder.function.attributes
-        if isinstance(attributes, set):
-            set.add(attributes, PREFER_512_BIT_VECTORS)
-        return context.get_dummy_value()
-
-    return numba_types.none(), codegen
-
-
 def helper(func=None, *, inline=False):
     """Compile a loop body shared by several kernels (serial, same flags).
 

@@ -14,7 +14,7 @@ arithmetic runs at float32 vector width.
 import numpy as np
 from numba import prange
 
-from .compile import cast_like, far_shift, helper, kernel, muladd, split_like, wide_vectors
+from .compile import cast_like, far_shift, helper, kernel, muladd, split_like
 
 #: Rows per task of :func:`row_forward`.
 FORWARD_ROWS_PER_TASK = 8
@@ -40,8 +40,7 @@ def _row_moments(x, r, shift):
 @helper
 def _normalize_rows(x, weight, bias, eps, center, r0, r1, y, mean, rstd):
     """Rows ``r0:r1`` of :func:`row_forward` (a helper of its own so that
-    both builds compile its loops alike, 512 bits wide)."""
-    wide_vectors()
+    both builds compile its loops alike)."""
     n = x.shape[1]
     for r in range(r0, r1):
         shift = np.float64(x[r, 0]) if center else 0.0
@@ -172,7 +171,7 @@ def _backward_block(
     dweight_part, dbias_part,
 ):
     """Block ``k`` of :func:`row_backward` (a helper of its own so that both
-    builds compile its loops alike, 512 bits wide).
+    builds compile its loops alike).
 
     Rows go ``PARAM_ROWS`` at a time: each row's sums and coefficients
     first, then the rows' parameter terms in a loop of their own, in ``x``'s
@@ -183,7 +182,6 @@ def _backward_block(
     shorter ones take ``dx`` row by row, a loop that vectorizes better.
     Both orders give the same bits.
     """
-    wide_vectors()
     rows, n = x.shape
     dw, db, his, los, rss, cgs, cgxs = _block_work(x, param_grads)
     stop = min(rows, (k + 1) * rows_per_block)

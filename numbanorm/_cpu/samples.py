@@ -8,7 +8,7 @@ import numpy as np
 from numba import prange
 
 from .compile import (
-    aligned_empty, cast_like, far_shift, helper, kernel, split_like, wide_vectors,
+    aligned_empty, cast_like, far_shift, helper, kernel, split_like,
 )
 from .channel_loops import (
     SHORT_RUN,
@@ -127,8 +127,7 @@ def _instance_pair_backward(gs, xs, ds, c, mean, rstd, weight, inv_count, sa, sb
 def _channels_last_samples(x, groups, weight, bias, eps, n0, n1, y, mean, rstd):
     """Samples ``n0:n1`` of :func:`sample_norm_forward`, channels last, with
     one set of per-channel work arrays (a helper of its own so that both
-    builds compile its loops alike, 512 bits wide)."""
-    wide_vectors()
+    builds compile its loops alike)."""
     N, P, C, Q = x.shape
     cg = C // groups
     inv_count = 1.0 / (P * Q * cg)
@@ -294,8 +293,7 @@ def _sample_block_backward(
     dy, x, mean, rstd, weight, samples_per_block, k, sum_dy, sum_dy_xhat, dx
 ):
     """Block ``k`` of :func:`sample_norm_backward` (a helper of its own so
-    that both builds compile its loops alike, 512 bits wide)."""
-    wide_vectors()
+    that both builds compile its loops alike)."""
     N, P, C, Q = x.shape
     groups = mean.shape[1]
     cg = C // groups
