@@ -29,6 +29,7 @@ from ._layout import (
     shares_memory,
     writeable,
 )
+from ._cpu import memory
 from ._types import NormStats
 
 
@@ -170,6 +171,7 @@ def batch_norm(
     return forward(None, engine, view, dtype, result, steps, saved, x, params, out)
 
 
+@memory.cache(maxsize=64)
 def _batch_forward_steps(engine, kshape, training):
     """Batch norm forward on ``engine`` for kernel arrays of shape ``kshape``:
     ``steps(xk, yk, weight, bias, eps, running_mean, running_var, momentum)

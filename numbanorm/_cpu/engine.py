@@ -166,12 +166,6 @@ def _p_chunk(kshape):
     return chunk, -(-p // chunk)
 
 
-def _group_total(per_channel, groups):
-    """Add ``(N, C)`` channel values into ``(N, G)`` groups."""
-    n, c = per_channel.shape
-    return per_channel.reshape(n, groups, c // groups).sum(axis=2)
-
-
 # ------------------------------------------------------------- row norms ---
 
 

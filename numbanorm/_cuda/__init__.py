@@ -4,7 +4,7 @@ CPU back end (:mod:`numbanorm._cpu`), with the same kernel names.
 Imported only when a device array is passed (see
 :func:`numbanorm._layout.engine_for`), so CPU users never import the CUDA
 target. :mod:`.target` is the one module that imports it; :mod:`.engine`
-composes the kernels into norms, as :mod:`numbanorm._engine` does on the CPU.
+composes the kernels into norms, as :mod:`numbanorm._cpu.engine` does on the CPU.
 The CPU's fused per-sample kernels (``sample_norm_*``) have no GPU
 counterpart: there, group and instance norm use the channel kernels.
 """

@@ -1,5 +1,5 @@
 """Norms as compositions of the CUDA kernels: the GPU counterpart of
-:mod:`numbanorm._engine`, function for function (its ``*_steps`` functions
+:mod:`numbanorm._cpu.engine`, function for function (its ``*_steps`` functions
 wrap the plain ones here, which work everything out on every call).
 
 The CPU engine finishes on the host with NumPy (adding partial sums, forming
@@ -107,7 +107,7 @@ def row_backward(dyk, xk, mean, rstd, weight, center, param_grads, dxk):
 
 def row_forward_steps(kshape, dtype, center):
     """:func:`row_forward` as ``steps(xk, yk, weight, bias, eps)`` (the
-    counterpart of :func:`numbanorm._engine.row_forward_steps`)."""
+    counterpart of :func:`numbanorm._cpu.engine.row_forward_steps`)."""
 
     def steps(xk, yk, weight, bias, eps):
         return row_forward(xk, weight, bias, eps, center, yk)
@@ -117,7 +117,7 @@ def row_forward_steps(kshape, dtype, center):
 
 def row_backward_steps(kshape, dtype, center, param_grads, weight_dtype):
     """:func:`row_backward` as ``steps(dyk, xk, dxk, (mean, rstd), weight)``
-    (the counterpart of :func:`numbanorm._engine.row_backward_steps`)."""
+    (the counterpart of :func:`numbanorm._cpu.engine.row_backward_steps`)."""
 
     def steps(dyk, xk, dxk, stats, weight):
         return row_backward(dyk, xk, *stats, weight, center, param_grads, dxk)
@@ -157,7 +157,7 @@ def group_apply(xk, mean, rstd, weight, bias, yk):
 
 def group_backward(dyk, xk, mean, rstd, weight, batch_stats, param_grads, dxk):
     """Backward of :func:`group_apply`; dx into ``dxk`` (formulas in
-    :func:`numbanorm._engine.group_backward`). Returns float64
+    :func:`numbanorm._cpu.engine.group_backward`). Returns float64
     ``(dweight, dbias)`` of shape ``(C,)`` (or Nones)."""
     n, p, c, q = xk.shape
     groups = mean.shape[1]
@@ -202,7 +202,7 @@ def sample_forward(xk, groups, weight, bias, eps, yk):
 def sample_forward_steps(kshape, groups):
     """:func:`sample_forward` for kernel arrays of shape ``kshape``:
     ``steps(xk, yk, weight, bias, eps) -> (mean, rstd)`` (the counterpart of
-    :func:`numbanorm._engine.sample_forward_steps`)."""
+    :func:`numbanorm._cpu.engine.sample_forward_steps`)."""
 
     def steps(xk, yk, weight, bias, eps):
         return sample_forward(xk, groups, weight, bias, eps, yk)
@@ -217,7 +217,7 @@ def sample_backward(dyk, xk, mean, rstd, weight, param_grads, dxk):
 
 def sample_backward_steps(kshape, groups, param_grads):
     """:func:`sample_backward` as ``steps(dyk, xk, dxk, (mean, rstd), weight)``
-    (the counterpart of :func:`numbanorm._engine.sample_backward_steps`)."""
+    (the counterpart of :func:`numbanorm._cpu.engine.sample_backward_steps`)."""
 
     def steps(dyk, xk, dxk, stats, weight):
         return sample_backward(dyk, xk, *stats, weight, param_grads, dxk)
@@ -244,7 +244,7 @@ def weight_norm_backward(dwk, vk, g, rstd, dvk):
 
 def weight_norm_forward_steps(kshape):
     """:func:`weight_norm_forward` as ``steps(vk, wk, g)`` (the counterpart
-    of :func:`numbanorm._engine.weight_norm_forward_steps`)."""
+    of :func:`numbanorm._cpu.engine.weight_norm_forward_steps`)."""
 
     def steps(vk, wk, g):
         return weight_norm_forward(vk, g, wk)
@@ -254,7 +254,7 @@ def weight_norm_forward_steps(kshape):
 
 def weight_norm_backward_steps(kshape):
     """:func:`weight_norm_backward` as ``steps(dwk, vk, dvk, rstd, g)`` (the
-    counterpart of :func:`numbanorm._engine.weight_norm_backward_steps`)."""
+    counterpart of :func:`numbanorm._cpu.engine.weight_norm_backward_steps`)."""
 
     def steps(dwk, vk, dvk, rstd, g):
         return weight_norm_backward(dwk, vk, g, rstd, dvk)

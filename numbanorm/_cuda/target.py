@@ -26,7 +26,7 @@ SIMULATOR = "simulator" in cuda.device_array.__module__
 THREADS = 16 if SIMULATOR else 256
 
 def _teach_cast_like():
-    """Make :func:`numbanorm._jit.cast_like` usable in CUDA kernels.
+    """Make :func:`numbanorm._cpu.compile.cast_like` usable in CUDA kernels.
 
     Numba's built-in CUDA target shares the CPU's ``overload`` registry (the
     registration in ``_jit`` suffices); ``numba-cuda`` has its own typing
