@@ -61,7 +61,8 @@ def channel_moments(x, p_chunk, shift_part, s1_part, s2_part):
     """
     N, P, C, Q = x.shape
     nchunks = s1_part.shape[1]
-    for t in prange(N * nchunks):
+    for task in prange(N * nchunks):
+        t = np.int64(task)  # signed in both builds (see kernel)
         n = t // nchunks
         k = t - n * nchunks
         p0 = k * p_chunk
@@ -135,7 +136,8 @@ def channel_affine(x, mean, rstd, weight, bias, p_chunk, y):
     cg = C // mean.shape[1]
     nchunks = (P + p_chunk - 1) // p_chunk
     if Q > 1:
-        for t in prange(N * nchunks):
+        for task in prange(N * nchunks):
+            t = np.int64(task)  # signed in both builds (see kernel)
             n = t // nchunks
             k = t - n * nchunks
             p_start, p_stop = k * p_chunk, min(P, (k + 1) * p_chunk)
@@ -146,7 +148,8 @@ def channel_affine(x, mean, rstd, weight, bias, p_chunk, y):
     b = aligned_empty(N * C, x).reshape((N, C))
     for n in range(N):
         _affine_coefficients(x, mean, rstd, weight, bias, n, cg, hi[n], a[n], b[n])
-    for t in prange(N * nchunks):
+    for task in prange(N * nchunks):
+        t = np.int64(task)  # signed in both builds (see kernel)
         n = t // nchunks
         k = t - n * nchunks
         _affine(x, y, n, k * p_chunk, min(P, (k + 1) * p_chunk), hi[n], a[n], b[n])
@@ -165,7 +168,8 @@ def channel_grad_sums(dy, x, mean, p_chunk, a_part, b_part):
     if Q == 1:
         for n in range(N):
             _split_mean(x, mean, n, cg, hi[n], lo[n])
-    for t in prange(N * nchunks):
+    for task in prange(N * nchunks):
+        t = np.int64(task)  # signed in both builds (see kernel)
         n = t // nchunks
         k = t - n * nchunks
         p_start, p_stop = k * p_chunk, min(P, (k + 1) * p_chunk)
@@ -242,7 +246,8 @@ def channel_backward_apply(dy, x, mean, rstd, weight, beta, gamma, p_chunk, dx):
     nchunks = (P + p_chunk - 1) // p_chunk
     tasks = N * nchunks
     if Q > 1:
-        for t in prange(tasks):
+        for task in prange(tasks):
+            t = np.int64(task)  # signed in both builds (see kernel)
             n = t // nchunks
             k = t - n * nchunks
             p_start, p_stop = k * p_chunk, min(P, (k + 1) * p_chunk)
@@ -258,7 +263,8 @@ def channel_backward_apply(dy, x, mean, rstd, weight, beta, gamma, p_chunk, dx):
         _backward_coefficients(
             x, mean, rstd, weight, beta[n], gamma[n], n, cg, hi[n], al[n], be[n], ga[n]
         )
-    for t in prange(tasks):
+    for task in prange(tasks):
+        t = np.int64(task)  # signed in both builds (see kernel)
         n = t // nchunks
         k = t - n * nchunks
         _backward_affine(
@@ -284,7 +290,8 @@ def channel_runs_backward(dy, x, mean, rstd, weight, dx, dweight, dbias):
     """
     N, P, C, Q = x.shape
     inv_count = 1.0 / (P * Q)
-    for c in prange(C):
+    for task in prange(C):
+        c = np.int64(task)  # signed in both builds (see kernel)
         mu = mean[0, c]
         rs = rstd[0, c]
         h, l = split_like(x, mu)

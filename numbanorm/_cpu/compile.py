@@ -8,6 +8,9 @@ once:
   thread count) and a serial one for small inputs, where starting threads
   costs more than the work. Both run the same tasks in the same order, so
   they give identical results, whichever :meth:`Kernel.for_size` picks.
+  A ``prange`` index is unsigned in the parallel build and signed in the
+  serial one; kernels convert it (``np.int64(task)``) so that each helper it
+  reaches compiles once, for both builds.
 * ``cache=True``: compiled code is stored beside the module; each build's
   name, and so its cache file's, carries the fastmath flags
   (:data:`CACHE_TAG`). Where the package folder is read-only and there is

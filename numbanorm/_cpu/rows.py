@@ -79,7 +79,8 @@ def row_forward(x, weight, bias, eps, center, y, mean, rstd):
     result is its own, whatever the task.
     """
     rows = x.shape[0]
-    for t in prange((rows + FORWARD_ROWS_PER_TASK - 1) // FORWARD_ROWS_PER_TASK):
+    for task in prange((rows + FORWARD_ROWS_PER_TASK - 1) // FORWARD_ROWS_PER_TASK):
+        t = np.int64(task)  # signed in both builds (see kernel)
         r0 = t * FORWARD_ROWS_PER_TASK
         r1 = min(rows, r0 + FORWARD_ROWS_PER_TASK)
         _normalize_rows(x, weight, bias, eps, center, r0, r1, y, mean, rstd)
@@ -151,7 +152,8 @@ def _block_totals(dweight_part, dbias_part, dweight, dbias):
     Inside the kernel rather than in NumPy after it, where a few NumPy
     calls would cost more than the additions."""
     blocks, n = dweight_part.shape
-    for t in prange((n + TOTAL_COLUMNS - 1) // TOTAL_COLUMNS):
+    for task in prange((n + TOTAL_COLUMNS - 1) // TOTAL_COLUMNS):
+        t = np.int64(task)  # signed in both builds (see kernel)
         j0 = t * TOTAL_COLUMNS
         j1 = min(n, j0 + TOTAL_COLUMNS)
         tw = dweight_part[0, j0:j1].copy()
@@ -255,7 +257,8 @@ def row_backward(
     does not depend on the thread count.
     """
     rows = x.shape[0]
-    for k in prange((rows + rows_per_block - 1) // rows_per_block):
+    for task in prange((rows + rows_per_block - 1) // rows_per_block):
+        k = np.int64(task)  # signed in both builds (see kernel)
         _backward_block(
             dy, x, mean, rstd, weight, center, param_grads, rows_per_block, k, dx,
             dweight_part, dbias_part,
@@ -355,7 +358,8 @@ def row_scale_forward(v, g, rows_per_task, w, rstd):
     serial build each view takes and drops a reference to ``v``'s memory.
     """
     rows = v.shape[0]
-    for k in prange((rows + rows_per_task - 1) // rows_per_task):
+    for task in prange((rows + rows_per_task - 1) // rows_per_task):
+        k = np.int64(task)  # signed in both builds (see kernel)
         _scale_task(v, g, rows_per_task, k, w, rstd)
 
 
@@ -367,7 +371,8 @@ def row_scale_backward(dw, v, g, rstd, dv, dg):
     ``dv = g*rstd*dw - g*t*rstd**3 * v``.
     """
     rows, n = v.shape
-    for r in prange(rows):
+    for task in prange(rows):
+        r = np.int64(task)  # signed in both builds (see kernel)
         t = 0.0
         for j in range(n):
             t += np.float64(dw[r, j]) * np.float64(v[r, j])

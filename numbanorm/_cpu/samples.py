@@ -200,7 +200,8 @@ def sample_norm_forward(x, groups, weight, bias, eps, samples_per_task, y, mean,
     if Q > 1:
         # In each row p, a group's runs are contiguous: sum them as one run.
         xs = x.reshape((N, P, groups, cg * Q))
-        for n in prange(N):
+        for task in prange(N):
+            n = np.int64(task)  # signed in both builds (see kernel)
             for g in range(groups):
                 s = np.float64(xs[n, 0, g, 0])
                 t1, t2 = _group_run_moments(xs, n, g, s)
@@ -218,7 +219,8 @@ def sample_norm_forward(x, groups, weight, bias, eps, samples_per_task, y, mean,
                         _affine_group_runs(x, y, n, p, g, cg, mu, rs, weight, bias)
         return
     per = samples_per_task
-    for k in prange((N + per - 1) // per):
+    for task in prange((N + per - 1) // per):
+        k = np.int64(task)  # signed in both builds (see kernel)
         _channels_last_samples(
             x, groups, weight, bias, eps, k * per, min(N, (k + 1) * per), y, mean, rstd
         )
@@ -324,7 +326,8 @@ def sample_norm_backward(
     """
     N = x.shape[0]
     nblocks = (N + samples_per_block - 1) // samples_per_block
-    for k in prange(nblocks):
+    for task in prange(nblocks):
+        k = np.int64(task)  # signed in both builds (see kernel)
         _sample_block_backward(
             dy, x, mean, rstd, weight, samples_per_block, k, sum_dy, sum_dy_xhat, dx
         )
@@ -345,7 +348,8 @@ def instance_runs_backward(
     inv_count = 1.0 / Q
     paired = C - C % 2
     nblocks = (N + samples_per_block - 1) // samples_per_block
-    for k in prange(nblocks):
+    for task in prange(nblocks):
+        k = np.int64(task)  # signed in both builds (see kernel)
         block_dy, block_dy_xhat, sa, sb = _block_sums(sum_dy, sum_dy_xhat, k)
         for n in range(k * samples_per_block, min(N, (k + 1) * samples_per_block)):
             gs, xs, ds = dy[n, 0], x[n, 0], dx[n, 0]
