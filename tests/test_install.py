@@ -1,0 +1,98 @@
+"""numbanorm as installed: a read-only install, the warm-up command, the sdist."""
+
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _read_only_tree(path):
+    for d, dirs, files in os.walk(path):
+        for f in files:
+            os.chmod(os.path.join(d, f), 0o444)
+        os.chmod(d, 0o555)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="POSIX permissions")
+def test_a_read_only_install_imports_and_computes_with_one_warning(tmp_path):
+    # A system or container install: the package folder is read-only and the
+    # user has no writable home, so Numba has nowhere to keep its cache.
+    site = tmp_path / "site"
+    shutil.copytree(ROOT / "numbanorm", site / "numbanorm",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    home = tmp_path / "home"
+    home.mkdir()
+    _read_only_tree(site)
+    _read_only_tree(home)
+    os.chmod(tmp_path, 0o755)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("NUMBA_CACHE_DIR", "XDG_CACHE_HOME", "PYTHONPATH")}
+    env.update(HOME=str(home), PYTHONPATH=str(site), PYTHONDONTWRITEBYTECODE="1")
+    code = textwrap.dedent("""
+        import warnings
+        import numpy as np
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            import numbanorm as nn
+            assert nn.__file__.startswith(%r), nn.__file__
+            x = np.linspace(-1, 1, 24, dtype=np.float32).reshape(2, 3, 4)
+            y, saved = nn.layer_norm(x)
+            dx = nn.layer_norm_backward(np.ones_like(x), x, saved)[0]
+            yb, sb = nn.batch_norm(x)
+        assert np.allclose(y.mean(-1), 0, atol=1e-6) and np.isfinite(dx).all()
+        assert np.allclose(yb.mean((0, 2)), 0, atol=1e-6)
+        messages = [str(w.message) for w in caught]
+        assert len(messages) == 1, messages
+        assert "NUMBA_CACHE_DIR" in messages[0], messages
+        print("ok")
+    """ % str(site))
+    command = [sys.executable, "-c", code]
+    if os.geteuid() == 0:
+        # Permissions do not bind root: mount both folders read-only in a
+        # mount namespace of the child's own.
+        if shutil.which("unshare") is None:
+            pytest.skip("running as root without unshare(1): cannot make a folder read-only")
+        remount = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1"'
+        command = [
+            "unshare", "-m", "sh", "-c",
+            f'{remount} && shift && {remount} && shift && exec "$@"',
+            "sh", str(site), str(home), *command,
+        ]
+    done = subprocess.run(
+        command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+
+
+def test_warmup_runs_every_first_call_and_reports_them(capsys):
+    from numbanorm.warmup import main
+
+    main(["--dtype", "float32", "--quiet"])
+    out = capsys.readouterr().out
+    assert "first calls:" in out
+    assert "import numbanorm" in out
+
+
+def test_the_sdist_carries_what_its_tests_need(tmp_path):
+    # Its tests import conftest.py, helpers.py and reference.py.
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys; from setuptools import build_meta; "
+         "print(build_meta.build_sdist(sys.argv[1]))", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "deprecated" not in done.stderr.lower(), done.stderr
+    name = done.stdout.strip().splitlines()[-1]
+    with tarfile.open(tmp_path / name) as tar:
+        names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
+    for needed in ("LICENSE", "numbanorm/py.typed", "tests/conftest.py", "tests/helpers.py",
+                   "tests/reference.py", "tests/test_contract.py"):
+        assert needed in names, needed
