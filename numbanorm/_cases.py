@@ -42,33 +42,33 @@ class Case(NamedTuple):
 
 
 def _group_forward(x, w, b, axis, groups=2, **options):
-    return group_norm(x, groups, w, b, axis=axis, **options)
+    return group_norm(x, groups, weight=w, bias=b, axis=axis, **options)
 
 
 CASES = {
     "layer": Case(
-        lambda x, w, b, axis, **o: layer_norm(x, w, b, axis=axis, **o),
-        lambda dy, x, s, w, axis: layer_norm_backward(dy, x, s, w, axis=axis),
+        lambda x, w, b, axis, **o: layer_norm(x, weight=w, bias=b, axis=axis, **o),
+        lambda dy, x, s, w, axis: layer_norm_backward(dy, x, s, weight=w, axis=axis),
         ("rows",), ("weight", "bias"),
     ),
     "rms": Case(
-        lambda x, w, b, axis, **o: rms_norm(x, w, axis=axis, **o),
-        lambda dy, x, s, w, axis: rms_norm_backward(dy, x, s, w, axis=axis),
+        lambda x, w, b, axis, **o: rms_norm(x, weight=w, axis=axis, **o),
+        lambda dy, x, s, w, axis: rms_norm_backward(dy, x, s, weight=w, axis=axis),
         ("rows",), ("weight",),
     ),
     "batch": Case(
-        lambda x, w, b, axis, **o: batch_norm(x, w, b, axis=axis, **o),
-        lambda dy, x, s, w, axis: batch_norm_backward(dy, x, s, w, axis=axis),
+        lambda x, w, b, axis, **o: batch_norm(x, weight=w, bias=b, axis=axis, **o),
+        lambda dy, x, s, w, axis: batch_norm_backward(dy, x, s, weight=w, axis=axis),
         ("nchw", "nhwc"), ("weight", "bias"),
     ),
     "group": Case(
         _group_forward,
-        lambda dy, x, s, w, axis: group_norm_backward(dy, x, s, w, axis=axis),
+        lambda dy, x, s, w, axis: group_norm_backward(dy, x, s, weight=w, axis=axis),
         ("nchw", "nhwc"), ("weight", "bias"),
     ),
     "instance": Case(
-        lambda x, w, b, axis, **o: instance_norm(x, w, b, axis=axis, **o),
-        lambda dy, x, s, w, axis: instance_norm_backward(dy, x, s, w, axis=axis),
+        lambda x, w, b, axis, **o: instance_norm(x, weight=w, bias=b, axis=axis, **o),
+        lambda dy, x, s, w, axis: instance_norm_backward(dy, x, s, weight=w, axis=axis),
         ("nchw", "nhwc"), ("weight", "bias"),
     ),
     "weight": Case(

@@ -2,6 +2,7 @@
 channels, on the ``(N, P, C, Q)`` channel view."""
 
 import numbers
+from typing import Optional
 
 import numpy as np
 
@@ -30,7 +31,7 @@ from ._layout import (
     writeable,
 )
 from ._cpu import memory
-from ._types import NormStats
+from ._types import Array, ArrayLike, NormStats
 
 
 def _prepare(x, axis, weight, bias, batched):
@@ -72,19 +73,41 @@ def _check_running(a, channels, name, x, device, training):
     return a
 
 
+def _check_running_pair(training, momentum, running_mean, running_var, channels, x, device):
+    """Check ``training``, ``momentum`` and the running statistics of a batch or
+    instance norm call; returns the running statistics."""
+    if not isinstance(training, (bool, np.bool_)):
+        raise TypeError(f"training must be a bool, got {training!r}")
+    if type(momentum) is not float and (
+        isinstance(momentum, (bool, np.bool_)) or not isinstance(momentum, numbers.Real)
+    ):  # a float skips the abstract-class check, slow with cold caches
+        raise TypeError(f"momentum must be a real number, got {momentum!r}")
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must be given together")
+    running_mean = _check_running(running_mean, channels, "running_mean", x, device, training)
+    running_var = _check_running(running_var, channels, "running_var", x, device, training)
+    if training and running_mean is not None and shares_memory(running_mean, running_var, device):
+        raise ValueError("running_mean and running_var must not share memory")
+    if not training and running_mean is None:
+        raise ValueError("eval mode (training=False) needs running_mean and running_var")
+    return running_mean, running_var
+
+
 def batch_norm(
-    x,
-    weight=None,
-    bias=None,
+    x: ArrayLike,
     *,
-    axis=1,
-    eps=1e-5,
-    training=True,
-    running_mean=None,
-    running_var=None,
-    momentum=0.1,
-    out=None,
-):
+    weight: Optional[ArrayLike] = None,
+    bias: Optional[ArrayLike] = None,
+    axis: int = 1,
+    eps: float = 1e-5,
+    training: bool = True,
+    running_mean: Optional[Array] = None,
+    running_var: Optional[Array] = None,
+    momentum: float = 0.1,
+    out: Optional[Array] = None,
+) -> tuple[Array, NormStats]:
     r"""Batch normalization with statistics per channel.
 
     .. math::
@@ -96,7 +119,8 @@ def batch_norm(
     statistics are used and, when given, the running statistics are updated in
     place: ``running = (1 - momentum) * running + momentum * batch`` with the
     **unbiased** batch variance, as PyTorch. In eval mode
-    (``training=False``) the running statistics normalize ``x``.
+    (``training=False``) the running statistics normalize ``x``, and an
+    empty batch gives an empty result, as PyTorch.
 
     Parameters
     ----------
@@ -130,35 +154,28 @@ def batch_norm(
     shape = view.shape
     channels = view.kshape[2]
     eps = check_eps(eps)
-    if not isinstance(training, (bool, np.bool_)):
-        raise TypeError(f"training must be a bool, got {training!r}")
-    if type(momentum) is not float and (
-        isinstance(momentum, (bool, np.bool_)) or not isinstance(momentum, numbers.Real)
-    ):  # a float skips the abstract-class check, slow with cold caches
-        raise TypeError(f"momentum must be a real number, got {momentum!r}")
-    if not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
-    if (running_mean is None) != (running_var is None):
-        raise ValueError("running_mean and running_var must be given together")
-    running_mean = _check_running(running_mean, channels, "running_mean", x, device, training)
-    running_var = _check_running(running_var, channels, "running_var", x, device, training)
-    if training and running_mean is not None and shares_memory(running_mean, running_var, device):
-        raise ValueError("running_mean and running_var must not share memory")
+    running_mean, running_var = _check_running_pair(
+        training, momentum, running_mean, running_var, channels, x, device
+    )
     count = view.kshape[1] * view.kshape[3]
-    require_nonempty_reduction(count, "channel axis {} of shape {}", axis, shape)
-    if training and count == 1:
-        raise ValueError(
-            f"batch norm in training mode needs more than 1 value per channel, "
-            f"got input shape {shape}"
-        )
-    if not training and running_mean is None:
-        raise ValueError("eval mode (training=False) needs running_mean and running_var")
+    if training:
+        require_nonempty_reduction(count, "channel axis {} of shape {}", axis, shape)
+        if count == 1:
+            raise ValueError(
+                f"batch norm in training mode needs more than 1 value per channel, "
+                f"got input shape {shape}"
+            )
     out = check_out(
         out, shape, result,
         {"x": x, "weight": w, "bias": b,
          "running_mean": running_mean, "running_var": running_var},
         device=device,
     )
+    if count == 0:  # eval mode on an empty batch: nothing to normalize
+        _, finish = engine.output(view, dtype, result, out)
+        rstd = engine.rstd_of(engine.float64_copy(running_var), eps)
+        return finish(), NormStats(engine.float64_copy(running_mean), rstd, False,
+                                   bias is not None)
 
     steps = _batch_forward_steps(engine, view.kshape, bool(training))
     has_bias = bias is not None
@@ -199,7 +216,10 @@ def _batch_forward_steps(engine, kshape, training):
     return steps
 
 
-def batch_norm_backward(dy, x, saved, weight=None, *, axis=1):
+def batch_norm_backward(
+    dy: ArrayLike, x: ArrayLike, saved: NormStats, *, weight: Optional[ArrayLike] = None,
+    axis: int = 1,
+) -> tuple[Array, Optional[Array], Optional[Array]]:
     r"""Gradients of :func:`batch_norm`.
 
     Training mode (``saved.training``), with :math:`\hat x = (x-\mu)\,r`,
@@ -250,7 +270,21 @@ def batch_norm_backward(dy, x, saved, weight=None, *, axis=1):
         return mean, rstd
 
     grads = grads_maker(engine, w, has_bias, result, (channels,))
+    if view.kshape[1] * view.kshape[3] == 0:  # an empty batch (eval mode): zero gradients
+        steps = _empty_batch_backward_steps(engine, channels, param_grads)
     return backward(None, engine, view, dtype, result, steps, statistics, grads, dy, x, saved, (w,))
+
+
+def _empty_batch_backward_steps(engine, channels, param_grads):
+    """Backward steps for an empty batch: nothing to write into ``dx``, and
+    parameter gradients that are sums over no values, zeros."""
+
+    def steps(dyk, xk, dxk, stats, weight):
+        if not param_grads:
+            return None, None
+        return engine.zeros(channels), engine.zeros(channels)
+
+    return steps
 
 
 # ----------------------------------------------- group and instance norm ---
@@ -333,7 +367,11 @@ def _grouped_backward(dy, x, saved, weight, axis, per_channel):
     return backward(key, engine, view, dtype, result, steps, statistics, grads, dy, x, saved, (w,))
 
 
-def group_norm(x, num_groups, weight=None, bias=None, *, axis=1, eps=1e-5, out=None):
+def group_norm(
+    x: ArrayLike, num_groups: int, *, weight: Optional[ArrayLike] = None,
+    bias: Optional[ArrayLike] = None, axis: int = 1, eps: float = 1e-5,
+    out: Optional[Array] = None,
+) -> tuple[Array, NormStats]:
     r"""Group normalization: statistics per sample and group of channels.
 
     The ``C`` channels (index along ``axis``) are split into ``num_groups``
@@ -371,7 +409,10 @@ def group_norm(x, num_groups, weight=None, bias=None, *, axis=1, eps=1e-5, out=N
     return _grouped_forward(x, num_groups, weight, bias, axis, eps, out, per_channel=False)
 
 
-def group_norm_backward(dy, x, saved, weight=None, *, axis=1):
+def group_norm_backward(
+    dy: ArrayLike, x: ArrayLike, saved: NormStats, *, weight: Optional[ArrayLike] = None,
+    axis: int = 1,
+) -> tuple[Array, Optional[Array], Optional[Array]]:
     r"""Gradients of :func:`group_norm`.
 
     Per sample and group of :math:`M` elements, with :math:`\hat x = (x-\mu)\,r`
@@ -403,7 +444,19 @@ def group_norm_backward(dy, x, saved, weight=None, *, axis=1):
     return _grouped_backward(dy, x, saved, weight, axis, per_channel=False)
 
 
-def instance_norm(x, weight=None, bias=None, *, axis=1, eps=1e-5, out=None):
+def instance_norm(
+    x: ArrayLike,
+    *,
+    weight: Optional[ArrayLike] = None,
+    bias: Optional[ArrayLike] = None,
+    axis: int = 1,
+    eps: float = 1e-5,
+    training: bool = True,
+    running_mean: Optional[Array] = None,
+    running_var: Optional[Array] = None,
+    momentum: float = 0.1,
+    out: Optional[Array] = None,
+) -> tuple[Array, NormStats]:
     r"""Instance normalization: statistics per sample and channel.
 
     .. math::
@@ -413,6 +466,16 @@ def instance_norm(x, weight=None, bias=None, *, axis=1, eps=1e-5, out=None):
     with the mean and biased variance over the spatial axes of each
     ``(sample, channel)``; equal to ``group_norm(x, C, ...)``. Needs more than
     one spatial element, as PyTorch.
+
+    Running statistics follow ``torch.nn.functional.instance_norm``
+    (``training`` is its ``use_input_stats``). In training mode, when given,
+    they are updated in place with the averages over the batch of the
+    instances' means and **unbiased** variances:
+    ``running = (1 - momentum) * running + momentum * average``; an
+    instance's biased variance is recovered from its float64
+    ``rstd`` as ``1 / rstd**2 - eps``. With ``training=False`` the running
+    statistics normalize every instance of a channel alike, as
+    :func:`batch_norm` in eval mode (an empty batch gives an empty result).
 
     Parameters
     ----------
@@ -424,6 +487,14 @@ def instance_norm(x, weight=None, bias=None, *, axis=1, eps=1e-5, out=None):
         The channel axis (not 0).
     eps : float, default 1e-5
         Added to the variance inside the square root; must be >= 0.
+    training : bool, default True
+        Normalize with each instance's statistics (True) or the running ones
+        (False).
+    running_mean, running_var : ndarray, optional
+        Float arrays of shape ``(C,)``; both or neither. Updated in place in
+        training mode; required when ``training=False``.
+    momentum : float, default 0.1
+        Weight of the batch's statistics in the running update, in ``[0, 1]``.
     out : ndarray, optional
         Where to write ``y``.
 
@@ -432,14 +503,37 @@ def instance_norm(x, weight=None, bias=None, *, axis=1, eps=1e-5, out=None):
     y : ndarray
         The normalized array.
     saved : NormStats
-        ``mean``/``rstd`` of shape ``(N, C)`` (float64).
+        ``mean``/``rstd`` of shape ``(N, C)`` (float64) in training mode;
+        of shape ``(C,)``, from the running statistics, when ``training=False``.
     """
-    return _grouped_forward(x, None, weight, bias, axis, eps, out, per_channel=True)
+    if training is True and running_mean is None and running_var is None:
+        return _grouped_forward(x, None, weight, bias, axis, eps, out, per_channel=True)
+    x_checked, device, _, _, _, _, view = _prepare(x, axis, weight, bias, batched=True)
+    running_mean, running_var = _check_running_pair(
+        training, momentum, running_mean, running_var, view.kshape[2], x_checked, device
+    )
+    if not training:
+        return batch_norm(
+            x, weight=weight, bias=bias, axis=axis, eps=eps, training=False,
+            running_mean=running_mean, running_var=running_var, out=out,
+        )
+    y, saved = _grouped_forward(x, None, weight, bias, axis, eps, out, per_channel=True)
+    engine = engine_for(device)
+    batch_mean, batch_var = engine.instance_batch_stats(saved.mean, saved.rstd, check_eps(eps))
+    count = view.kshape[1] * view.kshape[3]
+    engine.running_update(
+        running_mean, running_var, batch_mean, batch_var, float(momentum), count / (count - 1)
+    )
+    return y, saved
 
 
-def instance_norm_backward(dy, x, saved, weight=None, *, axis=1):
+def instance_norm_backward(
+    dy: ArrayLike, x: ArrayLike, saved: NormStats, *, weight: Optional[ArrayLike] = None,
+    axis: int = 1,
+) -> tuple[Array, Optional[Array], Optional[Array]]:
     r"""Gradients of :func:`instance_norm` (:func:`group_norm_backward` with one
-    channel per group).
+    channel per group; :func:`batch_norm_backward` in eval mode when the
+    forward pass used the running statistics).
 
     Parameters
     ----------
@@ -461,4 +555,6 @@ def instance_norm_backward(dy, x, saved, weight=None, *, axis=1):
     dweight, dbias : ndarray or None
         Gradients of the affine parameters (None when absent).
     """
+    if not check_saved(saved).training:
+        return batch_norm_backward(dy, x, saved, weight=weight, axis=axis)
     return _grouped_backward(dy, x, saved, weight, axis, per_channel=True)

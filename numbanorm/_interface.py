@@ -11,7 +11,8 @@ Array steps
     ``stats(a)``, ``float64_copy(a)``, ``cast(a, dtype)``, ``zeros(n)``.
 Statistics
     ``rstd_of(var, eps)``; ``running_update(running_mean, running_var, mean,
-    var, momentum, unbiased)`` in place.
+    var, momentum, unbiased)`` in place; ``instance_batch_stats(mean, rstd,
+    eps)``, per-channel averages of instance statistics.
 Channel norms on an ``(N, P, C, Q)`` view with groups of channels
     ``group_moments(xk, groups)``, ``group_apply(xk, mean, rstd, weight,
     bias, yk)``, ``group_backward(dyk, xk, mean, rstd, weight, batch_stats,
@@ -37,6 +38,7 @@ ENGINE_INTERFACE = {
     "zeros": ("n",),
     "rstd_of": ("var", "eps"),
     "running_update": ("running_mean", "running_var", "mean", "var", "momentum", "unbiased"),
+    "instance_batch_stats": ("mean", "rstd", "eps"),
     "group_moments": ("xk", "groups"),
     "group_apply": ("xk", "mean", "rstd", "weight", "bias", "yk"),
     "group_backward": (

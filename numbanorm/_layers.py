@@ -7,8 +7,10 @@ so a PyTorch state dict converted to NumPy arrays loads unchanged.
 """
 
 import numbers
+from typing import Iterable, Mapping, Optional, Union
 
 import numpy as np
+import numpy.typing as npt
 
 from ._grouped_norms import (
     batch_norm,
@@ -19,9 +21,13 @@ from ._grouped_norms import (
     instance_norm_backward,
 )
 from ._layout import check_eps, normalize_axis, not_masked
-from ._moments import moments
+from ._moments import Moments, moments
 from ._row_norms import layer_norm, layer_norm_backward, rms_norm, rms_norm_backward
+from ._types import Array, ArrayLike
 from ._weight_norm import weight_norm, weight_norm_backward
+
+#: A ``normalized_shape``: one dimension or several.
+Shape = Union[int, tuple[int, ...]]
 
 
 class _Layer:
@@ -30,35 +36,35 @@ class _Layer:
     _param_names = ()
     _buffer_names = ()
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.training = True
         self.grads = {}
         self._saved = None
 
     # ------------------------------------------------------------- modes
-    def train(self, mode=True):
+    def train(self, mode: bool = True) -> "_Layer":
         """Set training mode (``mode=True``) or eval mode; returns ``self``."""
         self.training = bool(mode)
         return self
 
-    def eval(self):
+    def eval(self) -> "_Layer":
         """Set eval mode; returns ``self``."""
         return self.train(False)
 
     # ------------------------------------------------------------- state
     @property
-    def params(self):
+    def params(self) -> dict[str, np.ndarray]:
         """Trainable parameters by name (the arrays themselves, updated in place)."""
         return {k: getattr(self, k) for k in self._param_names if getattr(self, k) is not None}
 
     def _buffers(self):
         return {k: getattr(self, k) for k in self._buffer_names if getattr(self, k) is not None}
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, np.ndarray]:
         """Copies of parameters and buffers, with PyTorch's keys and shapes."""
         return {k: np.array(v, copy=True) for k, v in {**self.params, **self._buffers()}.items()}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: Mapping[str, ArrayLike]) -> None:
         """Load arrays from ``state`` (keys and shapes as ``state_dict()``).
 
         Every key and shape is checked before anything is assigned: a missing,
@@ -94,13 +100,17 @@ class _Layer:
     def _store_grads(self, **grads):
         self.grads = {k: v for k, v in grads.items() if v is not None}
 
-    def forward(self, x):
+    def __call__(self, *args: ArrayLike) -> Array:
+        """``layer(x)`` is ``layer.forward(x)``, as a framework's module."""
+        return self.forward(*args)
+
+    def forward(self, x: ArrayLike) -> Array:
         """Normalize ``x``; keeps what :meth:`backward` needs."""
         y, saved = self._norm(x)
         self._saved = (x, saved)
         return y
 
-    def backward(self, dy):
+    def backward(self, dy: ArrayLike) -> Array:
         """Return ``dx`` for the last forward's ``x``; store the parameters'
         gradients in ``grads`` (by parameter name)."""
         x, saved = self._require_forward()
@@ -192,8 +202,9 @@ class LayerNorm(_Layer):
 
     _param_names = ("weight", "bias")
 
-    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True,
-                 dtype=np.float32):
+    def __init__(self, normalized_shape: Shape, eps: float = 1e-5,
+                 elementwise_affine: bool = True, bias: bool = True,
+                 dtype: npt.DTypeLike = np.float32) -> None:
         super().__init__()
         self.normalized_shape = _normalized_shape(normalized_shape)
         self.eps = _eps(eps)
@@ -203,10 +214,10 @@ class LayerNorm(_Layer):
 
     def _norm(self, x):
         _check_trailing_shape(x, self.normalized_shape)
-        return layer_norm(x, self.weight, self.bias, axis=self.axis, eps=self.eps)
+        return layer_norm(x, weight=self.weight, bias=self.bias, axis=self.axis, eps=self.eps)
 
     def _norm_backward(self, dy, x, saved):
-        return layer_norm_backward(dy, x, saved, self.weight, axis=self.axis)
+        return layer_norm_backward(dy, x, saved, weight=self.weight, axis=self.axis)
 
     def _describe(self):
         return f"{self.normalized_shape}, eps={self.eps}"
@@ -233,25 +244,20 @@ class RMSNorm(_Layer):
 
     _param_names = ("weight",)
 
-    def __init__(self, normalized_shape, eps=None, elementwise_affine=True, dtype=np.float32):
+    def __init__(self, normalized_shape: Shape, eps: Optional[float] = None,
+                 elementwise_affine: bool = True, dtype: npt.DTypeLike = np.float32) -> None:
         super().__init__()
         self.normalized_shape = _normalized_shape(normalized_shape)
         self.eps = _eps(eps, allow_none=True)
         self.weight = np.ones(self.normalized_shape, dtype) if elementwise_affine else None
         self.axis = tuple(range(-len(self.normalized_shape), 0))
 
-    def _eps_for(self, x):
-        if self.eps is not None:
-            return self.eps
-        dtype = np.asarray(x).dtype
-        return float(np.finfo(dtype if dtype.kind == "f" else np.float64).eps)
-
     def _norm(self, x):
         _check_trailing_shape(x, self.normalized_shape)
-        return rms_norm(x, self.weight, axis=self.axis, eps=self._eps_for(x))
+        return rms_norm(x, weight=self.weight, axis=self.axis, eps=self.eps)
 
     def _norm_backward(self, dy, x, saved):
-        return rms_norm_backward(dy, x, saved, self.weight, axis=self.axis)
+        return rms_norm_backward(dy, x, saved, weight=self.weight, axis=self.axis)
 
     def _describe(self):
         return f"{self.normalized_shape}, eps={self.eps}"
@@ -279,7 +285,7 @@ class _RunningStatsNorm(_Layer):
         else:
             self.running_mean = self.running_var = self.num_batches_tracked = None
 
-    def reset_running_stats(self):
+    def reset_running_stats(self) -> None:
         """Running mean 0, running variance 1, no batches tracked."""
         if self.track_running_stats:
             self.running_mean[...] = 0
@@ -324,8 +330,9 @@ class BatchNorm(_RunningStatsNorm):
         dtype of parameters and running statistics.
     """
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
-                 track_running_stats=True, axis=1, dtype=np.float32):
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, axis: int = 1,
+                 dtype: npt.DTypeLike = np.float32) -> None:
         super().__init__(num_features, eps, momentum, affine, track_running_stats, axis, dtype)
 
     def _norm(self, x):
@@ -333,7 +340,7 @@ class BatchNorm(_RunningStatsNorm):
         update = self.training and self.track_running_stats
         running = update or not use_batch
         out = batch_norm(
-            x, self.weight, self.bias, axis=self.axis, eps=self.eps, training=use_batch,
+            x, weight=self.weight, bias=self.bias, axis=self.axis, eps=self.eps, training=use_batch,
             running_mean=self.running_mean if running else None,
             running_var=self.running_var if running else None,
             momentum=self._momentum() if update else 0.0,
@@ -343,7 +350,7 @@ class BatchNorm(_RunningStatsNorm):
         return out
 
     def _norm_backward(self, dy, x, saved):
-        return batch_norm_backward(dy, x, saved, self.weight, axis=self.axis)
+        return batch_norm_backward(dy, x, saved, weight=self.weight, axis=self.axis)
 
     def _describe(self):
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, axis={self.axis}"
@@ -370,8 +377,9 @@ class GroupNorm(_Layer):
 
     _param_names = ("weight", "bias")
 
-    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, axis=1,
-                 dtype=np.float32):
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5,
+                 affine: bool = True, axis: int = 1,
+                 dtype: npt.DTypeLike = np.float32) -> None:
         super().__init__()
         num_groups = _count(num_groups, "num_groups")
         num_channels = _count(num_channels, "num_channels")
@@ -387,20 +395,27 @@ class GroupNorm(_Layer):
 
     def _norm(self, x):
         return group_norm(
-            x, self.num_groups, self.weight, self.bias, axis=self.axis, eps=self.eps
+            x, self.num_groups, weight=self.weight, bias=self.bias, axis=self.axis, eps=self.eps
         )
 
     def _norm_backward(self, dy, x, saved):
-        return group_norm_backward(dy, x, saved, self.weight, axis=self.axis)
+        return group_norm_backward(dy, x, saved, weight=self.weight, axis=self.axis)
 
     def _describe(self):
         return f"{self.num_groups}, {self.num_channels}, eps={self.eps}"
 
 
-class InstanceNorm(_Layer):
-    """Instance normalization, as ``torch.nn.InstanceNorm1d/2d/3d`` with
-    ``track_running_stats=False`` (PyTorch's default; running statistics for
-    instance norm are not supported). Keys ``weight``, ``bias`` when affine.
+class InstanceNorm(_RunningStatsNorm):
+    """Instance normalization, as ``torch.nn.InstanceNorm1d/2d/3d``.
+
+    Each sample's channels are normalized with their own statistics. With
+    ``track_running_stats=True`` the running statistics are updated in
+    training mode (averages over the batch of the instances' means and
+    unbiased variances, see :func:`instance_norm`) and normalize ``x`` in
+    eval mode; ``momentum=None`` leaves them unchanged, as PyTorch (whose
+    instance norm has no cumulative average). State dict keys ``weight``,
+    ``bias`` when affine; ``running_mean``, ``running_var``,
+    ``num_batches_tracked`` (never incremented, as PyTorch) when tracking.
 
     Parameters
     ----------
@@ -408,37 +423,46 @@ class InstanceNorm(_Layer):
         Number of channels ``C``.
     eps : float, default 1e-5
         Added to the variance inside the square root.
+    momentum : float or None, default 0.1
+        Weight of the batch's statistics in the running update.
     affine : bool, default False
         Learn ``weight`` and ``bias`` (PyTorch's default is False).
+    track_running_stats : bool, default False
+        Keep running statistics (PyTorch's default is False).
     axis : int, default 1
         The channel axis.
     dtype : dtype, default float32
-        dtype of the parameters.
+        dtype of parameters and running statistics.
     """
 
-    _param_names = ("weight", "bias")
-
-    def __init__(self, num_features, eps=1e-5, affine=False, axis=1, dtype=np.float32):
-        super().__init__()
-        self.num_features = _count(num_features, "num_features")
-        self.eps = _eps(eps)
-        self.axis = _channel_axis(axis)
-        self.weight = np.ones(self.num_features, dtype) if affine else None
-        self.bias = np.zeros(self.num_features, dtype) if affine else None
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
+                 affine: bool = False, track_running_stats: bool = False, axis: int = 1,
+                 dtype: npt.DTypeLike = np.float32) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, axis, dtype)
 
     def _norm(self, x):
-        return instance_norm(x, self.weight, self.bias, axis=self.axis, eps=self.eps)
+        use_input_stats = self.training or not self.track_running_stats
+        tracked = self.track_running_stats
+        return instance_norm(
+            x, weight=self.weight, bias=self.bias, axis=self.axis, eps=self.eps,
+            training=use_input_stats,
+            running_mean=self.running_mean if tracked else None,
+            running_var=self.running_var if tracked else None,
+            momentum=self.momentum if self.momentum is not None else 0.0,
+        )
 
     def _norm_backward(self, dy, x, saved):
-        return instance_norm_backward(dy, x, saved, self.weight, axis=self.axis)
+        return instance_norm_backward(dy, x, saved, weight=self.weight, axis=self.axis)
 
     def _describe(self):
-        return f"{self.num_features}, eps={self.eps}"
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"track_running_stats={self.track_running_stats}")
 
 
 class WeightNorm(_Layer):
     """A weight reparametrized as ``w = g * v / ||v||``, as
-    ``torch.nn.utils.weight_norm`` (keys ``weight_g``, ``weight_v``).
+    ``torch.nn.utils.weight_norm`` (keys ``weight_g``, ``weight_v``; PyTorch's
+    parametrization keys load too, see :meth:`load_state_dict`).
 
     ``forward()`` returns the weight ``w``; ``backward(dw)`` takes the
     gradient of the loss with respect to ``w`` and stores ``grads['weight_g']``
@@ -455,7 +479,7 @@ class WeightNorm(_Layer):
 
     _param_names = ("weight_g", "weight_v")
 
-    def __init__(self, weight, axis=0):
+    def __init__(self, weight: ArrayLike, axis: Optional[int] = 0) -> None:
         super().__init__()
         v = np.array(not_masked(weight, "weight"), copy=True)
         if v.dtype.kind != "f":
@@ -473,13 +497,34 @@ class WeightNorm(_Layer):
         self.weight_v = v
         self.weight_g = np.asarray(norm, dtype=v.dtype).reshape(g_shape)
 
-    def forward(self):
+    #: PyTorch's parametrization keys (``torch.nn.utils.parametrizations.weight_norm``),
+    #: without their ``parametrizations.weight.`` prefix, and the names they map to.
+    _PARAMETRIZATION_KEYS = {"original0": "weight_g", "original1": "weight_v"}
+    _PARAMETRIZATION_PREFIX = "parametrizations.weight."
+
+    def load_state_dict(self, state: Mapping[str, ArrayLike]) -> None:
+        """Load ``weight_g``/``weight_v`` (``torch.nn.utils.weight_norm``) or
+        ``parametrizations.weight.original0``/``original1``
+        (``torch.nn.utils.parametrizations.weight_norm``, with or without the
+        ``parametrizations.weight.`` prefix); checked as
+        :meth:`_Layer.load_state_dict`."""
+        renamed = {}
+        for key, value in state.items():
+            short = key[len(self._PARAMETRIZATION_PREFIX):] if key.startswith(
+                self._PARAMETRIZATION_PREFIX) else key
+            name = self._PARAMETRIZATION_KEYS.get(short, key)
+            if name in renamed:
+                raise ValueError(f"state dict gives {name} twice (as {key!r} too)")
+            renamed[name] = value
+        super().load_state_dict(renamed)
+
+    def forward(self) -> Array:
         """The weight ``g * v / ||v||``."""
         w, saved = weight_norm(self.weight_v, self.weight_g, axis=self.axis)
         self._saved = saved
         return w
 
-    def backward(self, dw):
+    def backward(self, dw: ArrayLike) -> None:
         """Store ``grads['weight_g']`` and ``grads['weight_v']`` for ``dw``."""
         saved = self._require_forward()
         dv, dg = weight_norm_backward(dw, self.weight_v, self.weight_g, saved, axis=self.axis)
@@ -489,7 +534,7 @@ class WeightNorm(_Layer):
         return f"shape={self.weight_v.shape}, axis={self.axis}"
 
 
-def precise_batch_norm_stats(layer, batches):
+def precise_batch_norm_stats(layer: BatchNorm, batches: Iterable[ArrayLike]) -> Moments:
     """Set a :class:`BatchNorm`'s running statistics to the exact statistics of
     all ``batches`` together.
 

@@ -1,10 +1,11 @@
 """Mergeable moments: count, mean and sum of squared deviations."""
 
-from typing import NamedTuple
+from typing import Iterable, NamedTuple, Optional
 
 import numpy as np
 
 from ._cpu import engine
+from ._types import ArrayLike, Axis
 from ._layout import (
     as_array,
     is_device_array,
@@ -37,16 +38,16 @@ class Moments(NamedTuple):
     m2: np.ndarray
 
     @property
-    def var(self):
+    def var(self) -> np.ndarray:
         """Biased (population) variance ``m2 / count``, as ``np.var``."""
         return self.m2 / self.count
 
     @property
-    def unbiased_var(self):
+    def unbiased_var(self) -> np.ndarray:
         """Unbiased (sample) variance ``m2 / (count - 1)``, as ``np.var(ddof=1)``."""
         return self.m2 / (self.count - 1)
 
-    def merge(self, other):
+    def merge(self, other: "Moments") -> "Moments":
         r"""Moments of the union of two disjoint samples (Chan's formula).
 
         .. math::
@@ -80,7 +81,7 @@ class Moments(NamedTuple):
         return Moments(n, mean, m2)
 
     @staticmethod
-    def merge_all(parts):
+    def merge_all(parts: Iterable["Moments"]) -> "Moments":
         """Merge an iterable of :class:`Moments` in order.
 
         Parameters
@@ -103,7 +104,7 @@ class Moments(NamedTuple):
         return total
 
 
-def moments(x, axis=None):
+def moments(x: ArrayLike, axis: Optional[Axis] = None) -> "Moments":
     r"""Count, mean and sum of squared deviations of ``x`` over ``axis``.
 
     .. math::

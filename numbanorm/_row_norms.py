@@ -1,5 +1,8 @@
 """Layer norm and RMS norm: statistics per row of the normalized axes."""
 
+from typing import Optional
+
+import numpy as np
 
 from ._layout import (
     as_input,
@@ -21,7 +24,7 @@ from ._layout import (
     runner_key,
     runners,
 )
-from ._types import NormStats
+from ._types import Array, ArrayLike, Axis, NormStats
 
 
 def _prepare(x, axis, weight, bias):
@@ -36,14 +39,20 @@ def _prepare(x, axis, weight, bias):
     return x, device, result, compute_dtype(result), pshape, w, b, view, stat_shape
 
 
+def _machine_eps(dtype):
+    """The machine epsilon of a result ``dtype``: RMS norm's default ``eps``,
+    as ``torch.nn.functional.rms_norm``'s."""
+    return float(np.finfo(dtype).eps)
+
+
 def _forward(x, weight, bias, axis, eps, out, center):
     key = None if out is not None else runner_key("row forward", (center, axis), x, weight, bias)
     run = runners.get(key)
     if run is not None:
-        return run(x, weight, bias, check_eps(eps))
+        return run(x, weight, bias, check_eps(_machine_eps(x.dtype) if eps is None and not center else eps))
     x, device, result, dtype, _, w, b, view, stat_shape = _prepare(x, axis, weight, bias)
     engine = engine_for(device)
-    eps = check_eps(eps)
+    eps = check_eps(_machine_eps(result) if eps is None and not center else eps)
     if out is not None:
         out = check_out(out, view.shape, result, {"x": x, "weight": w, "bias": b}, device=device)
     steps = engine.row_forward_steps(view.kshape, dtype, center)
@@ -84,7 +93,10 @@ def _backward(dy, x, saved, weight, axis, center, has_bias):
     return backward(key, engine, view, dtype, result, steps, statistics, grads, dy, x, saved, (w,))
 
 
-def layer_norm(x, weight=None, bias=None, *, axis=-1, eps=1e-5, out=None):
+def layer_norm(
+    x: ArrayLike, *, weight: Optional[ArrayLike] = None, bias: Optional[ArrayLike] = None,
+    axis: Axis = -1, eps: float = 1e-5, out: Optional[Array] = None,
+) -> tuple[Array, NormStats]:
     r"""Layer normalization over ``axis``.
 
     .. math::
@@ -121,7 +133,10 @@ def layer_norm(x, weight=None, bias=None, *, axis=-1, eps=1e-5, out=None):
     return _forward(x, weight, bias, axis, eps, out, center=True)
 
 
-def layer_norm_backward(dy, x, saved, weight=None, *, axis=-1):
+def layer_norm_backward(
+    dy: ArrayLike, x: ArrayLike, saved: NormStats, *, weight: Optional[ArrayLike] = None,
+    axis: Axis = -1,
+) -> tuple[Array, Optional[Array], Optional[Array]]:
     r"""Gradients of :func:`layer_norm`.
 
     With :math:`\hat x = (x - \mu)\,r`, :math:`r` = ``saved.rstd``,
@@ -160,7 +175,10 @@ def layer_norm_backward(dy, x, saved, weight=None, *, axis=-1):
     return _backward(dy, x, saved, weight, axis, center=True, has_bias=bool(saved.has_bias))
 
 
-def rms_norm(x, weight=None, *, axis=-1, eps=1e-6, out=None):
+def rms_norm(
+    x: ArrayLike, *, weight: Optional[ArrayLike] = None, axis: Axis = -1,
+    eps: Optional[float] = None, out: Optional[Array] = None,
+) -> tuple[Array, NormStats]:
     r"""RMS normalization over ``axis``.
 
     .. math::
@@ -178,8 +196,10 @@ def rms_norm(x, weight=None, *, axis=-1, eps=1e-6, out=None):
         Scale with the shape of ``x`` over ``axis``.
     axis : int or tuple of int, default -1
         The normalized axes.
-    eps : float, default 1e-6
-        Added to the mean square inside the square root; must be >= 0.
+    eps : float or None, default None
+        Added to the mean square inside the square root; must be >= 0. None
+        is the machine epsilon of the result's dtype (``np.finfo(dtype).eps``),
+        as ``torch.nn.functional.rms_norm`` and :class:`RMSNorm`.
     out : ndarray, optional
         Where to write ``y``.
 
@@ -193,7 +213,10 @@ def rms_norm(x, weight=None, *, axis=-1, eps=1e-6, out=None):
     return _forward(x, weight, None, axis, eps, out, center=False)
 
 
-def rms_norm_backward(dy, x, saved, weight=None, *, axis=-1):
+def rms_norm_backward(
+    dy: ArrayLike, x: ArrayLike, saved: NormStats, *, weight: Optional[ArrayLike] = None,
+    axis: Axis = -1,
+) -> tuple[Array, Optional[Array]]:
     r"""Gradients of :func:`rms_norm`.
 
     With :math:`\hat x = x\,r`, :math:`r` = ``saved.rstd`` and

@@ -1,8 +1,17 @@
 """Small result types shared by the functional API."""
 
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, Union
 
 import numpy as np
+import numpy.typing as npt
+
+#: An input array: anything ``np.asarray`` takes, or a CUDA device array
+#: (``__cuda_array_interface__``).
+ArrayLike = Union[npt.ArrayLike, Any]
+#: A result: a NumPy array for host input, a Numba device array for device input.
+Array = Any
+#: One axis or several.
+Axis = Union[int, tuple[int, ...]]
 
 
 class NormStats(NamedTuple):

@@ -2,7 +2,7 @@
 
 import functools
 
-
+from typing import Optional
 from ._layout import (
     as_array,
     as_input,
@@ -20,7 +20,7 @@ from ._layout import (
     runner_key,
     runners,
 )
-from ._types import NormStats
+from ._types import Array, ArrayLike, NormStats
 
 
 @functools.lru_cache(maxsize=256)
@@ -60,7 +60,9 @@ def _prepare(v, g, axis):
     return v, engine, device, result, dtype, g, view, stat_shape
 
 
-def weight_norm(v, g, *, axis=0):
+def weight_norm(
+    v: ArrayLike, g: ArrayLike, *, axis: Optional[int] = 0
+) -> tuple[Array, NormStats]:
     r"""Weight normalization of ``v`` with magnitude ``g``.
 
     .. math::
@@ -104,7 +106,9 @@ def weight_norm(v, g, *, axis=0):
     return forward(key, engine, view, dtype, result, steps, saved, v, (g,), None)
 
 
-def weight_norm_backward(dw, v, g, saved, *, axis=0):
+def weight_norm_backward(
+    dw: ArrayLike, v: ArrayLike, g: ArrayLike, saved: NormStats, *, axis: Optional[int] = 0
+) -> tuple[Array, Array]:
     r"""Gradients of :func:`weight_norm`.
 
     With :math:`r = 1/\lVert v\rVert` and :math:`t = \sum dw\,v` per slice:

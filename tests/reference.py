@@ -62,14 +62,22 @@ def layer_norm_backward(dy, x, w=None, axis=-1, eps=1e-5):
     return dx, (dy * xhat).sum(axis=other), dy.sum(axis=other)
 
 
-def rms_norm(x, w=None, axis=-1, eps=1e-6):
+def _machine_eps(x):
+    """RMS norm's default eps: the machine epsilon of ``x``'s float dtype."""
+    dtype = np.asarray(x).dtype
+    return float(np.finfo(dtype if dtype.kind == "f" else np.float64).eps)
+
+
+def rms_norm(x, w=None, axis=-1, eps=None):
+    eps = _machine_eps(x) if eps is None else eps
     x = _f64(x)
     axes = _axes(axis, x.ndim)
     rstd = 1.0 / np.sqrt((x * x).mean(axis=axes, keepdims=True) + eps)
     return _affine(x * rstd, _param(w, _pshape(x, axes)), None)
 
 
-def rms_norm_backward(dy, x, w=None, axis=-1, eps=1e-6):
+def rms_norm_backward(dy, x, w=None, axis=-1, eps=None):
+    eps = _machine_eps(x) if eps is None else eps
     x, dy = _f64(x), _f64(dy)
     axes = _axes(axis, x.ndim)
     other = tuple(i for i in range(x.ndim) if i not in axes)

@@ -34,7 +34,7 @@ def test_training_matches_reference_and_updates_running_stats(sa, seed, dtype, a
     rm0, rv0 = rm.copy(), rv.copy()
     momentum = float(rng.uniform(0, 1))
     y, saved = nn.batch_norm(
-        x, w, b, axis=axis, running_mean=rm, running_var=rv, momentum=momentum
+        x, weight=w, bias=b, axis=axis, running_mean=rm, running_var=rv, momentum=momentum
     )
     ry, mean, var = ref.batch_norm(x, w, b, axis)
     assert_close(y, ry, RTOL[dtype], "y")
@@ -45,7 +45,7 @@ def test_training_matches_reference_and_updates_running_stats(sa, seed, dtype, a
 
     dy = normal(rng, shape, dtype)
     assert_gradients_close(
-        nn.batch_norm_backward(dy, x, saved, w, axis=axis),
+        nn.batch_norm_backward(dy, x, saved, weight=w, axis=axis),
         ref.batch_norm_backward(dy, x, w, axis), RTOL[dtype] * 10, affine,
     )
 
@@ -59,13 +59,13 @@ def test_eval_mode_uses_running_stats_and_leaves_them_alone(sa, seed, dtype):
     w, b = normal(rng, (c,)), normal(rng, (c,))
     rm, rv = normal(rng, (c,)), rng.uniform(0.5, 2, c)
     rm0, rv0 = rm.copy(), rv.copy()
-    y, saved = nn.batch_norm(x, w, b, axis=axis, training=False, running_mean=rm, running_var=rv)
+    y, saved = nn.batch_norm(x, weight=w, bias=b, axis=axis, training=False, running_mean=rm, running_var=rv)
     assert not saved.training
     np.testing.assert_array_equal(rm, rm0)
     np.testing.assert_array_equal(rv, rv0)
     assert_close(y, ref.batch_norm_eval(x, rm, rv, w, b, axis), RTOL[dtype], "y")
     dy = normal(rng, shape, dtype)
-    dx, dw, db = nn.batch_norm_backward(dy, x, saved, w, axis=axis)
+    dx, dw, db = nn.batch_norm_backward(dy, x, saved, weight=w, axis=axis)
     rdx, rdw, rdb = ref.batch_norm_eval_backward(dy, x, rm, rv, w, axis)
     assert_close(dx, rdx, RTOL[dtype] * 10, "dx")
     assert_close(dw, rdw, RTOL[dtype] * 10, "dweight")
@@ -83,13 +83,13 @@ def test_gradients_equal_finite_differences(sa, seed, training):
 
     def f(xx, ww, bb):
         return nn.batch_norm(
-            xx, ww, bb, axis=axis, training=training,
+            xx, weight=ww, bias=bb, axis=axis, training=training,
             running_mean=rm.copy(), running_var=rv.copy(),
         )[0]
 
-    _, saved = nn.batch_norm(x, w, b, axis=axis, training=training,
+    _, saved = nn.batch_norm(x, weight=w, bias=b, axis=axis, training=training,
                              running_mean=rm.copy(), running_var=rv.copy())
-    dx, dw, db = nn.batch_norm_backward(dy, x, saved, w, axis=axis)
+    dx, dw, db = nn.batch_norm_backward(dy, x, saved, weight=w, axis=axis)
     assert_close(dx, finite_difference(lambda a: f(a, w, b), x, dy), 1e-6, "dx")
     assert_close(dw, finite_difference(lambda a: f(x, a, b), w, dy), 1e-6, "dweight")
     assert_close(db, finite_difference(lambda a: f(x, w, a), b, dy), 1e-6, "dbias")
@@ -98,14 +98,14 @@ def test_gradients_equal_finite_differences(sa, seed, training):
 def test_nhwc_equals_nchw_transpose(rng):
     x = normal(rng, (4, 3, 5, 6), np.float32, loc=2.0)
     w, b = normal(rng, (3,)), normal(rng, (3,))
-    y1, s1 = nn.batch_norm(x, w, b, axis=1)
-    y2, s2 = nn.batch_norm(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), w, b, axis=-1)
+    y1, s1 = nn.batch_norm(x, weight=w, bias=b, axis=1)
+    y2, s2 = nn.batch_norm(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), weight=w, bias=b, axis=-1)
     assert_close(y2.transpose(0, 3, 1, 2), y1, 1e-6)
     assert_close(s2.mean, s1.mean, 1e-12)
     dy = normal(rng, x.shape, np.float32)
-    d1 = nn.batch_norm_backward(dy, x, s1, w, axis=1)
+    d1 = nn.batch_norm_backward(dy, x, s1, weight=w, axis=1)
     d2 = nn.batch_norm_backward(
-        np.ascontiguousarray(dy.transpose(0, 2, 3, 1)), x.transpose(0, 2, 3, 1), s2, w, axis=3
+        np.ascontiguousarray(dy.transpose(0, 2, 3, 1)), x.transpose(0, 2, 3, 1), s2, weight=w, axis=3
     )
     assert_close(d2[0].transpose(0, 3, 1, 2), d1[0], 1e-5)
     assert_close(d2[1], d1[1], 1e-5)
@@ -135,9 +135,9 @@ def test_channels_first_backward_paths_match_reference(shape, path, dtype, affin
     x = normal(rng, shape, dtype, loc=3.0, scale=2.0)
     dy = normal(rng, shape, dtype)
     w = normal(rng, (c,)) if affine else None
-    _, saved = nn.batch_norm(x, w, w, axis=1)
+    _, saved = nn.batch_norm(x, weight=w, bias=w, axis=1)
     assert_gradients_close(
-        nn.batch_norm_backward(dy, x, saved, w, axis=1),
+        nn.batch_norm_backward(dy, x, saved, weight=w, axis=1),
         ref.batch_norm_backward(dy, x, w, 1), RTOL[dtype] * 10, affine,
     )
 
@@ -150,9 +150,9 @@ def test_channel_tasks_give_the_chunked_kernels_bits(dtype, rng, monkeypatch):
     x = normal(rng, shape, dtype, loc=3.0)
     dy = normal(rng, shape, dtype)
     w = normal(rng, (16,))
-    _, saved = nn.batch_norm(x, w, w, axis=1)
-    tasks = nn.batch_norm_backward(dy, x, saved, w, axis=1)
+    _, saved = nn.batch_norm(x, weight=w, bias=w, axis=1)
+    tasks = nn.batch_norm_backward(dy, x, saved, weight=w, axis=1)
     monkeypatch.setattr(_engine, "CHANNEL_TASKS_MIN", 1 << 30)
-    chunked = nn.batch_norm_backward(dy, x, saved, w, axis=1)
+    chunked = nn.batch_norm_backward(dy, x, saved, weight=w, axis=1)
     for a, b in zip(tasks, chunked):
         np.testing.assert_array_equal(a, b)

@@ -178,10 +178,10 @@ def test_non_finite_values_stay_in_their_row_channel_or_group(bad, rng):
     xb = x.copy()
     xb[2, 3, 1, 4] = bad
     # layer norm over the last axis: only row (2, 3, 1) is affected
-    y, s = nn.layer_norm(xb, w[:6], b[:6])
-    y0, _ = nn.layer_norm(x, w[:6], b[:6])
-    dx = nn.layer_norm_backward(dy, xb, s, w[:6])[0]
-    dx0 = nn.layer_norm_backward(dy, x, nn.layer_norm(x, w[:6], b[:6])[1], w[:6])[0]
+    y, s = nn.layer_norm(xb, weight=w[:6], bias=b[:6])
+    y0, _ = nn.layer_norm(x, weight=w[:6], bias=b[:6])
+    dx = nn.layer_norm_backward(dy, xb, s, weight=w[:6])[0]
+    dx0 = nn.layer_norm_backward(dy, x, nn.layer_norm(x, weight=w[:6], bias=b[:6])[1], weight=w[:6])[0]
     mask = np.zeros(x.shape, bool)
     mask[2, 3, 1] = True
     assert np.isnan(y[mask]).any()
@@ -269,11 +269,11 @@ x = rng.standard_normal((256, 7, 7, 512)).astype(np.float32)
 dy = rng.standard_normal(x.shape).astype(np.float32)
 w = (1 + 0.1 * rng.standard_normal(512)).astype(np.float32)
 b = (0.1 * rng.standard_normal(512)).astype(np.float32)
-y, s = nn.group_norm(x, 32, w, b, axis=-1)
-dx, dw, db = nn.group_norm_backward(dy, x, s, w, axis=-1)
+y, s = nn.group_norm(x, 32, weight=w, bias=b, axis=-1)
+dx, dw, db = nn.group_norm_backward(dy, x, s, weight=w, axis=-1)
 rows = rng.standard_normal((64, 4096)).astype(np.float32)
-ly, ls = nn.layer_norm(rows, w[:1].repeat(4096), b[:1].repeat(4096))
-gy, gs = nn.group_norm(x.transpose(0, 3, 1, 2).copy(), 32, w, b)
+ly, ls = nn.layer_norm(rows, weight=w[:1].repeat(4096), bias=b[:1].repeat(4096))
+gy, gs = nn.group_norm(x.transpose(0, 3, 1, 2).copy(), 32, weight=w, bias=b)
 h = hashlib.sha1()
 for a in (y, s.mean, s.rstd, dx, dw, db, ly, ls.mean, ls.rstd, gy, gs.mean, gs.rstd):
     h.update(a.tobytes())

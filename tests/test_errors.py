@@ -17,10 +17,10 @@ CASES = [
     ("complex x", lambda: nn.layer_norm(X.astype(np.complex64)), TypeError, "x must be a real"),
     ("object x", lambda: nn.batch_norm(np.array([[1, "a"]], dtype=object)), TypeError, "x must be a real"),
     ("string x", lambda: nn.rms_norm(np.array(["ab", "cd"])), TypeError, "x must be a real"),
-    ("weight shape", lambda: nn.layer_norm(X, np.ones(4)), ValueError, r"weight must have shape \(5,\)"),
-    ("bias shape", lambda: nn.layer_norm(X, None, np.ones((1, 5))), ValueError, "bias must have shape"),
-    ("complex weight", lambda: nn.batch_norm(X, np.ones(C, complex)), TypeError, "weight must be a real"),
-    ("bn weight shape", lambda: nn.batch_norm(X, np.ones(5)), ValueError, r"weight must have shape \(6,\)"),
+    ("weight shape", lambda: nn.layer_norm(X, weight=np.ones(4)), ValueError, r"weight must have shape \(5,\)"),
+    ("bias shape", lambda: nn.layer_norm(X, weight=None, bias=np.ones((1, 5))), ValueError, "bias must have shape"),
+    ("complex weight", lambda: nn.batch_norm(X, weight=np.ones(C, complex)), TypeError, "weight must be a real"),
+    ("bn weight shape", lambda: nn.batch_norm(X, weight=np.ones(5)), ValueError, r"weight must have shape \(6,\)"),
     ("axis out of range", lambda: nn.layer_norm(X, axis=3), ValueError, "axis=3 is out of range"),
     ("negative axis out of range", lambda: nn.batch_norm(X, axis=-4), ValueError, "out of range"),
     ("repeated axis", lambda: nn.layer_norm(X, axis=(1, -2)), ValueError, "repeats an axis"),
@@ -83,7 +83,7 @@ def test_nothing_is_written_when_validation_fails():
     out = np.full(X.shape, 7.0, np.float32)
     rm, rv = np.full(C, 3.0), np.full(C, 4.0)
     with pytest.raises(ValueError):
-        nn.batch_norm(X, np.ones(5), running_mean=rm, running_var=rv, out=out)
+        nn.batch_norm(X, weight=np.ones(5), running_mean=rm, running_var=rv, out=out)
     with pytest.raises(ValueError):
         nn.batch_norm(X, running_mean=rm, running_var=rv, momentum=2.0, out=out)
     with pytest.raises(TypeError):

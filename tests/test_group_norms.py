@@ -29,12 +29,12 @@ def test_group_norm_matches_reference(case, seed, dtype, affine):
     x = normal(rng, shape, dtype, loc=rng.uniform(-5, 5), scale=rng.uniform(0.5, 3))
     w = normal(rng, (c,)) if affine else None
     b = normal(rng, (c,)) if affine else None
-    y, saved = nn.group_norm(x, groups, w, b, axis=axis)
+    y, saved = nn.group_norm(x, groups, weight=w, bias=b, axis=axis)
     assert saved.mean.shape == saved.rstd.shape == (shape[0], groups)
     assert_close(y, ref.group_norm(x, groups, w, b, axis), RTOL[dtype], "y")
     dy = normal(rng, shape, dtype)
     assert_gradients_close(
-        nn.group_norm_backward(dy, x, saved, w, axis=axis),
+        nn.group_norm_backward(dy, x, saved, weight=w, axis=axis),
         ref.group_norm_backward(dy, x, groups, w, axis), RTOL[dtype] * 10, affine,
     )
 
@@ -55,11 +55,11 @@ def test_instance_norm_matches_reference(case, seed, dtype):
     c = shape[axis]
     x = normal(rng, shape, dtype, loc=1.0, scale=2.0)
     w, b = normal(rng, (c,)), normal(rng, (c,))
-    y, saved = nn.instance_norm(x, w, b, axis=axis)
+    y, saved = nn.instance_norm(x, weight=w, bias=b, axis=axis)
     assert saved.mean.shape == (shape[0], c)
     assert_close(y, ref.instance_norm(x, w, b, axis), RTOL[dtype], "y")
     dy = normal(rng, shape, dtype)
-    dx, dw, db = nn.instance_norm_backward(dy, x, saved, w, axis=axis)
+    dx, dw, db = nn.instance_norm_backward(dy, x, saved, weight=w, axis=axis)
     rdx, rdw, rdb = ref.instance_norm_backward(dy, x, w, axis)
     assert_close(dx, rdx, RTOL[dtype] * 10, "dx")
     assert_close(dw, rdw, RTOL[dtype] * 10, "dweight")
@@ -73,11 +73,11 @@ def test_group_norm_gradients_equal_finite_differences(case, seed):
     c = shape[axis]
     x, dy = normal(rng, shape), normal(rng, shape)
     w, b = normal(rng, (c,)), normal(rng, (c,))
-    _, saved = nn.group_norm(x, groups, w, b, axis=axis)
-    dx, dw, db = nn.group_norm_backward(dy, x, saved, w, axis=axis)
+    _, saved = nn.group_norm(x, groups, weight=w, bias=b, axis=axis)
+    dx, dw, db = nn.group_norm_backward(dy, x, saved, weight=w, axis=axis)
 
     def f(xx, ww, bb):
-        return nn.group_norm(xx, groups, ww, bb, axis=axis)[0]
+        return nn.group_norm(xx, groups, weight=ww, bias=bb, axis=axis)[0]
 
     assert_close(dx, finite_difference(lambda a: f(a, w, b), x, dy), 1e-6, "dx")
     assert_close(dw, finite_difference(lambda a: f(x, a, b), w, dy), 1e-6, "dweight")
@@ -91,11 +91,11 @@ def test_instance_norm_gradients_equal_finite_differences(case, seed):
     c = shape[axis]
     x, dy = normal(rng, shape), normal(rng, shape)
     w, b = normal(rng, (c,)), normal(rng, (c,))
-    _, saved = nn.instance_norm(x, w, b, axis=axis)
-    dx, dw, db = nn.instance_norm_backward(dy, x, saved, w, axis=axis)
-    assert_close(dx, finite_difference(lambda a: nn.instance_norm(a, w, b, axis=axis)[0], x, dy), 1e-6)
-    assert_close(dw, finite_difference(lambda a: nn.instance_norm(x, a, b, axis=axis)[0], w, dy), 1e-6)
-    assert_close(db, finite_difference(lambda a: nn.instance_norm(x, w, a, axis=axis)[0], b, dy), 1e-6)
+    _, saved = nn.instance_norm(x, weight=w, bias=b, axis=axis)
+    dx, dw, db = nn.instance_norm_backward(dy, x, saved, weight=w, axis=axis)
+    assert_close(dx, finite_difference(lambda a: nn.instance_norm(a, weight=w, bias=b, axis=axis)[0], x, dy), 1e-6)
+    assert_close(dw, finite_difference(lambda a: nn.instance_norm(x, weight=a, bias=b, axis=axis)[0], w, dy), 1e-6)
+    assert_close(db, finite_difference(lambda a: nn.instance_norm(x, weight=w, bias=a, axis=axis)[0], b, dy), 1e-6)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -118,7 +118,7 @@ def test_per_sample_forward_matches_reference(shape, axis, groups, dtype, rng):
     c = shape[axis]
     x = normal(rng, shape, dtype, loc=1e3, scale=2.0)
     w, b = normal(rng, (c,)), normal(rng, (c,))
-    y, saved = nn.group_norm(x, groups, w, b, axis=axis)
+    y, saved = nn.group_norm(x, groups, weight=w, bias=b, axis=axis)
     assert_close(y, ref.group_norm(x, groups, w, b, axis), RTOL[dtype], "y")
     x64 = np.moveaxis(x.astype(np.float64), axis, 1).reshape(shape[0], groups, -1)
     np.testing.assert_allclose(saved.mean, x64.mean(axis=2), rtol=1e-12)
@@ -148,8 +148,8 @@ def test_per_sample_backward_adds_blocks_of_samples(shape, axis, groups, rng):
     x = normal(rng, shape, np.float64, loc=50.0, scale=2.0)
     w, b = normal(rng, (c,)), normal(rng, (c,))
     dy = normal(rng, shape)
-    _, saved = nn.group_norm(x, groups, w, b, axis=axis)
-    dx, dw, db = nn.group_norm_backward(dy, x, saved, w, axis=axis)
+    _, saved = nn.group_norm(x, groups, weight=w, bias=b, axis=axis)
+    dx, dw, db = nn.group_norm_backward(dy, x, saved, weight=w, axis=axis)
     rdx, rdw, rdb = ref.group_norm_backward(dy, x, groups, w, axis)
     assert_close(dx, rdx, RTOL[np.float64] * 10, "dx")
     assert_close(dw, rdw, RTOL[np.float64] * 10, "dweight")

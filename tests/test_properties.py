@@ -76,12 +76,12 @@ def test_instance_norm_is_group_norm_with_one_channel_per_group(sa, seed):
     rng = np.random.default_rng(seed)
     c = shape[axis]
     x, w, b = normal(rng, shape, loc=3.0), normal(rng, (c,)), normal(rng, (c,))
-    yi, si = nn.instance_norm(x, w, b, axis=axis)
-    yg, sg = nn.group_norm(x, c, w, b, axis=axis)
+    yi, si = nn.instance_norm(x, weight=w, bias=b, axis=axis)
+    yg, sg = nn.group_norm(x, c, weight=w, bias=b, axis=axis)
     assert_close(yi, yg, 1e-12)
     dy = normal(rng, shape)
-    for a, b_ in zip(nn.instance_norm_backward(dy, x, si, w, axis=axis),
-                     nn.group_norm_backward(dy, x, sg, w, axis=axis)):
+    for a, b_ in zip(nn.instance_norm_backward(dy, x, si, weight=w, axis=axis),
+                     nn.group_norm_backward(dy, x, sg, weight=w, axis=axis)):
         assert_close(a, b_, 1e-12)
 
 
@@ -103,8 +103,8 @@ def test_batch_norm_channels_last_equals_channels_first(n, c, h, w, seed):
     rng = np.random.default_rng(seed)
     x = normal(rng, (n, c, h, w))
     wt, bt = normal(rng, (c,)), normal(rng, (c,))
-    y_first, _ = nn.batch_norm(x, wt, bt, axis=1)
-    y_last, _ = nn.batch_norm(np.ascontiguousarray(np.moveaxis(x, 1, -1)), wt, bt, axis=-1)
+    y_first, _ = nn.batch_norm(x, weight=wt, bias=bt, axis=1)
+    y_last, _ = nn.batch_norm(np.ascontiguousarray(np.moveaxis(x, 1, -1)), weight=wt, bias=bt, axis=-1)
     assert_close(np.moveaxis(y_last, -1, 1), y_first, 1e-12)
 
 

@@ -9,7 +9,6 @@ README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 
 def test_readme_tour_runs():
-    pytest.importorskip("torch")
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
     assert blocks, "README has no python block"
     for code in blocks:

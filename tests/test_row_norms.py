@@ -25,12 +25,12 @@ def test_layer_norm_matches_reference(sa, seed, dtype, with_weight, with_bias):
     ps = _pshape(shape, axis)
     w = normal(rng, ps) if with_weight else None
     b = normal(rng, ps) if with_bias else None
-    y, saved = nn.layer_norm(x, w, b, axis=axis)
+    y, saved = nn.layer_norm(x, weight=w, bias=b, axis=axis)
     assert y.dtype == dtype and y.shape == shape
     assert_close(y, ref.layer_norm(x, w, b, axis), RTOL[dtype], "y")
 
     dy = normal(rng, shape, dtype)
-    dx, dw, db = nn.layer_norm_backward(dy, x, saved, w, axis=axis)
+    dx, dw, db = nn.layer_norm_backward(dy, x, saved, weight=w, axis=axis)
     rdx, rdw, rdb = ref.layer_norm_backward(dy, x, w, axis)
     assert dx.dtype == dtype
     assert_close(dx, rdx, RTOL[dtype] * 10, "dx")
@@ -47,11 +47,11 @@ def test_rms_norm_matches_reference(sa, seed, dtype, with_weight):
     rng = np.random.default_rng(seed)
     x = normal(rng, shape, dtype, loc=rng.uniform(-2, 2), scale=rng.uniform(0.5, 3))
     w = normal(rng, _pshape(shape, axis)) if with_weight else None
-    y, saved = nn.rms_norm(x, w, axis=axis)
+    y, saved = nn.rms_norm(x, weight=w, axis=axis)
     assert saved.mean is None
     assert_close(y, ref.rms_norm(x, w, axis), RTOL[dtype], "y")
     dy = normal(rng, shape, dtype)
-    dx, dw = nn.rms_norm_backward(dy, x, saved, w, axis=axis)
+    dx, dw = nn.rms_norm_backward(dy, x, saved, weight=w, axis=axis)
     rdx, rdw = ref.rms_norm_backward(dy, x, w, axis)
     assert_close(dx, rdx, RTOL[dtype] * 10, "dx")
     assert (dw is None) == (w is None)
@@ -70,13 +70,13 @@ def test_long_rows_backward_matches_reference(dtype, center, rng):
     dy = normal(rng, x.shape, dtype)
     w = normal(rng, x.shape[-1:])
     if center:
-        y, saved = nn.layer_norm(x, w, w)
-        dx, dw, db = nn.layer_norm_backward(dy, x, saved, w)
+        y, saved = nn.layer_norm(x, weight=w, bias=w)
+        dx, dw, db = nn.layer_norm_backward(dy, x, saved, weight=w)
         rdx, rdw, rdb = ref.layer_norm_backward(dy, x, w)
         assert_close(db, rdb, RTOL[dtype] * 10, "dbias")
     else:
-        y, saved = nn.rms_norm(x, w)
-        dx, dw = nn.rms_norm_backward(dy, x, saved, w)
+        y, saved = nn.rms_norm(x, weight=w)
+        dx, dw = nn.rms_norm_backward(dy, x, saved, weight=w)
         rdx, rdw = ref.rms_norm_backward(dy, x, w)
     assert_close(dx, rdx, RTOL[dtype] * 10, "dx")
     assert_close(dw, rdw, RTOL[dtype] * 10, "dweight")
@@ -101,11 +101,11 @@ def test_layer_norm_gradients_equal_finite_differences(sa, seed):
     x, dy = normal(rng, shape), normal(rng, shape)
     ps = _pshape(shape, axis)
     w, b = normal(rng, ps), normal(rng, ps)
-    _, saved = nn.layer_norm(x, w, b, axis=axis)
-    dx, dw, db = nn.layer_norm_backward(dy, x, saved, w, axis=axis)
-    assert_close(dx, finite_difference(lambda a: nn.layer_norm(a, w, b, axis=axis)[0], x, dy), 1e-6)
-    assert_close(dw, finite_difference(lambda a: nn.layer_norm(x, a, b, axis=axis)[0], w, dy), 1e-6)
-    assert_close(db, finite_difference(lambda a: nn.layer_norm(x, w, a, axis=axis)[0], b, dy), 1e-6)
+    _, saved = nn.layer_norm(x, weight=w, bias=b, axis=axis)
+    dx, dw, db = nn.layer_norm_backward(dy, x, saved, weight=w, axis=axis)
+    assert_close(dx, finite_difference(lambda a: nn.layer_norm(a, weight=w, bias=b, axis=axis)[0], x, dy), 1e-6)
+    assert_close(dw, finite_difference(lambda a: nn.layer_norm(x, weight=a, bias=b, axis=axis)[0], w, dy), 1e-6)
+    assert_close(db, finite_difference(lambda a: nn.layer_norm(x, weight=w, bias=a, axis=axis)[0], b, dy), 1e-6)
 
 
 @given(shape_and_axes(max_dims=3, max_side=4), seeds)
@@ -114,10 +114,10 @@ def test_rms_norm_gradients_equal_finite_differences(sa, seed):
     rng = np.random.default_rng(seed)
     x, dy = normal(rng, shape, loc=0.5), normal(rng, shape)
     w = normal(rng, _pshape(shape, axis))
-    _, saved = nn.rms_norm(x, w, axis=axis)
-    dx, dw = nn.rms_norm_backward(dy, x, saved, w, axis=axis)
-    assert_close(dx, finite_difference(lambda a: nn.rms_norm(a, w, axis=axis)[0], x, dy), 1e-6)
-    assert_close(dw, finite_difference(lambda a: nn.rms_norm(x, a, axis=axis)[0], w, dy), 1e-6)
+    _, saved = nn.rms_norm(x, weight=w, axis=axis)
+    dx, dw = nn.rms_norm_backward(dy, x, saved, weight=w, axis=axis)
+    assert_close(dx, finite_difference(lambda a: nn.rms_norm(a, weight=w, axis=axis)[0], x, dy), 1e-6)
+    assert_close(dw, finite_difference(lambda a: nn.rms_norm(x, weight=a, axis=axis)[0], w, dy), 1e-6)
 
 
 @given(st.integers(1, 5), st.integers(2, 40), seeds)
@@ -157,13 +157,13 @@ def test_integer_and_bool_input_is_promoted_to_float64(dtype, rng):
 def test_float16_is_computed_in_float32_and_returned_as_float16(rng):
     x = normal(rng, (16, 33), np.float16, loc=3.0)
     w = normal(rng, (33,), np.float16)
-    y, saved = nn.layer_norm(x, w)
+    y, saved = nn.layer_norm(x, weight=w)
     assert y.dtype == np.float16
     expected = ref.layer_norm(x, w)
     # float16 output rounding (2**-11 relative) is the only error left.
     assert_close(y, expected, RTOL[np.float16], "y")
     dy = normal(rng, (16, 33), np.float16)
-    dx, dw, db = nn.layer_norm_backward(dy, x, saved, w)
+    dx, dw, db = nn.layer_norm_backward(dy, x, saved, weight=w)
     assert dx.dtype == np.float16 and dw.dtype == np.float16 and db is None
     rdx, rdw, _ = ref.layer_norm_backward(dy, x, w)
     assert_close(dx, rdx, RTOL[np.float16], "dx")

@@ -63,7 +63,7 @@ def test_a_repeated_call_matches_the_float64_reference(rng):
     x = normal(rng, SHAPE, np.float32, loc=3.0)
     w, b = normal(rng, (C,), np.float32), normal(rng, (C,), np.float32)
     for _ in range(2):
-        y, _ = nn.group_norm(x, 4, w, b)
+        y, _ = nn.group_norm(x, 4, weight=w, bias=b)
         assert_close(y, ref.group_norm(x, 4, w, b), RTOL[np.float32], "y")
         w = w * 2.0  # a new weight of the same signature
         b = b - 1.0
@@ -72,15 +72,15 @@ def test_a_repeated_call_matches_the_float64_reference(rng):
 @pytest.mark.parametrize(
     "call, exc, match",
     [
-        (lambda x, w: nn.layer_norm(x, w[: x.shape[-1]], eps=-1.0), ValueError, "eps must be"),
+        (lambda x, w: nn.layer_norm(x, weight=w[: x.shape[-1]], eps=-1.0), ValueError, "eps must be"),
         (lambda x, w: nn.rms_norm(x, eps=float("nan")), ValueError, "eps must be"),
-        (lambda x, w: nn.group_norm(x, 4, w, eps=-1.0), ValueError, "eps must be"),
-        (lambda x, w: nn.instance_norm(x, w, eps="1"), TypeError, "eps must be"),
-        (lambda x, w: nn.group_norm(x, 4.0, w), TypeError, "num_groups must be an int"),
-        (lambda x, w: nn.group_norm(np.ones(SHAPE), True, np.ones(C)), TypeError, "num_groups"),
-        (lambda x, w: nn.group_norm(x, 4, w, axis=1.0), TypeError, "axis must be an int"),
+        (lambda x, w: nn.group_norm(x, 4, weight=w, eps=-1.0), ValueError, "eps must be"),
+        (lambda x, w: nn.instance_norm(x, weight=w, eps="1"), TypeError, "eps must be"),
+        (lambda x, w: nn.group_norm(x, 4.0, weight=w), TypeError, "num_groups must be an int"),
+        (lambda x, w: nn.group_norm(np.ones(SHAPE), True, weight=np.ones(C)), TypeError, "num_groups"),
+        (lambda x, w: nn.group_norm(x, 4, weight=w, axis=1.0), TypeError, "axis must be an int"),
         (lambda x, w: nn.weight_norm(x, w[: x.shape[0]], axis=0.0), TypeError, "axis must be an int"),
-        (lambda x, w: nn.layer_norm(x, list(w[: x.shape[-1]])), None, None),
+        (lambda x, w: nn.layer_norm(x, weight=list(w[: x.shape[-1]])), None, None),
     ],
     ids=["ln eps", "rms eps", "gn eps", "in eps", "float groups", "bool groups", "float axis",
          "wn float axis", "list weight"],
@@ -89,17 +89,17 @@ def test_a_signature_seen_before_still_checks_what_it_cannot_cover(call, exc, ma
     x = normal(rng, SHAPE, np.float32)
     w = normal(rng, (C,), np.float32)
     for warm in (
-        lambda: nn.layer_norm(x, w[: x.shape[-1]]),
+        lambda: nn.layer_norm(x, weight=w[: x.shape[-1]]),
         lambda: nn.rms_norm(x),
-        lambda: nn.group_norm(x, 4, w),
-        lambda: nn.group_norm(np.ones(SHAPE), 1, np.ones(C)),
-        lambda: nn.instance_norm(x, w),
+        lambda: nn.group_norm(x, 4, weight=w),
+        lambda: nn.group_norm(np.ones(SHAPE), 1, weight=np.ones(C)),
+        lambda: nn.instance_norm(x, weight=w),
         lambda: nn.weight_norm(x, w[: x.shape[0]]),
     ):
         warm()
     if exc is None:  # a list is converted on the full path, and gets no runner
         y, _ = call(x, w)
-        expected, _ = nn.layer_norm(x, w[: x.shape[-1]])
+        expected, _ = nn.layer_norm(x, weight=w[: x.shape[-1]])
         assert y.tobytes() == expected.tobytes()
         return
     with pytest.raises(exc, match=match):

@@ -39,11 +39,11 @@ def test_layer_norm(shape, k, seed, dtype):
     x, dy = normal(rng, shape, dtype, loc=2.0), normal(rng, shape, dtype)
     w, b = normal(rng, ns, dtype), normal(rng, ns, dtype)
     axis = tuple(range(len(shape) - k, len(shape)))
-    y, saved = nn.layer_norm(x, w, b, axis=axis, eps=1e-5)
+    y, saved = nn.layer_norm(x, weight=w, bias=b, axis=axis, eps=1e-5)
     xt, wt, bt = _t(x, True), _t(w, True), _t(b, True)
     yt = F.layer_norm(xt, ns, wt, bt, eps=1e-5)
     assert_close(y, yt.detach().numpy(), TOL[dtype])
-    for ours, theirs in zip(nn.layer_norm_backward(dy, x, saved, w, axis=axis), _grads(yt, dy, xt, wt, bt)):
+    for ours, theirs in zip(nn.layer_norm_backward(dy, x, saved, weight=w, axis=axis), _grads(yt, dy, xt, wt, bt)):
         assert_close(ours, theirs, TOL[dtype] * 10)
 
 
@@ -51,11 +51,11 @@ def test_layer_norm(shape, k, seed, dtype):
 def test_rms_norm(shape, seed, dtype):
     rng = np.random.default_rng(seed)
     x, dy, w = normal(rng, shape, dtype), normal(rng, shape, dtype), normal(rng, shape[-1:], dtype)
-    y, saved = nn.rms_norm(x, w, eps=1e-6)
+    y, saved = nn.rms_norm(x, weight=w, eps=1e-6)
     xt, wt = _t(x, True), _t(w, True)
     yt = F.rms_norm(xt, shape[-1:], wt, eps=1e-6)
     assert_close(y, yt.detach().numpy(), TOL[dtype])
-    for ours, theirs in zip(nn.rms_norm_backward(dy, x, saved, w), _grads(yt, dy, xt, wt)):
+    for ours, theirs in zip(nn.rms_norm_backward(dy, x, saved, weight=w), _grads(yt, dy, xt, wt)):
         assert_close(ours, theirs, TOL[dtype] * 10)
 
 
@@ -67,14 +67,14 @@ def test_batch_norm_training_and_eval(shape, seed, dtype, momentum, training):
     w, b = normal(rng, (c,), dtype), normal(rng, (c,), dtype)
     rm, rv = normal(rng, (c,), dtype), rng.uniform(0.5, 2, c).astype(dtype)
     rmt, rvt = _t(rm), _t(rv)
-    y, saved = nn.batch_norm(x, w, b, training=training, running_mean=rm, running_var=rv,
+    y, saved = nn.batch_norm(x, weight=w, bias=b, training=training, running_mean=rm, running_var=rv,
                              momentum=momentum)
     xt, wt, bt = _t(x, True), _t(w, True), _t(b, True)
     yt = F.batch_norm(xt, rmt, rvt, wt, bt, training=training, momentum=momentum)
     assert_close(y, yt.detach().numpy(), TOL[dtype])
     assert_close(rm, rmt.numpy(), TOL[dtype], "running_mean")
     assert_close(rv, rvt.numpy(), TOL[dtype], "running_var")
-    for ours, theirs in zip(nn.batch_norm_backward(dy, x, saved, w), _grads(yt, dy, xt, wt, bt)):
+    for ours, theirs in zip(nn.batch_norm_backward(dy, x, saved, weight=w), _grads(yt, dy, xt, wt, bt)):
         assert_close(ours, theirs, TOL[dtype] * 10)
 
 
@@ -86,11 +86,11 @@ def test_group_norm(shape, k, seed, dtype):
     c = shape[1]
     x, dy = normal(rng, shape, dtype, loc=3.0), normal(rng, shape, dtype)
     w, b = normal(rng, (c,), dtype), normal(rng, (c,), dtype)
-    y, saved = nn.group_norm(x, k, w, b)
+    y, saved = nn.group_norm(x, k, weight=w, bias=b)
     xt, wt, bt = _t(x, True), _t(w, True), _t(b, True)
     yt = F.group_norm(xt, k, wt, bt)
     assert_close(y, yt.detach().numpy(), TOL[dtype])
-    for ours, theirs in zip(nn.group_norm_backward(dy, x, saved, w), _grads(yt, dy, xt, wt, bt)):
+    for ours, theirs in zip(nn.group_norm_backward(dy, x, saved, weight=w), _grads(yt, dy, xt, wt, bt)):
         assert_close(ours, theirs, TOL[dtype] * 10)
 
 
@@ -100,11 +100,11 @@ def test_instance_norm(shape, seed, dtype):
     c = shape[1]
     x, dy = normal(rng, shape, dtype), normal(rng, shape, dtype)
     w, b = normal(rng, (c,), dtype), normal(rng, (c,), dtype)
-    y, saved = nn.instance_norm(x, w, b)
+    y, saved = nn.instance_norm(x, weight=w, bias=b)
     xt, wt, bt = _t(x, True), _t(w, True), _t(b, True)
     yt = F.instance_norm(xt, weight=wt, bias=bt)
     assert_close(y, yt.detach().numpy(), TOL[dtype])
-    for ours, theirs in zip(nn.instance_norm_backward(dy, x, saved, w), _grads(yt, dy, xt, wt, bt)):
+    for ours, theirs in zip(nn.instance_norm_backward(dy, x, saved, weight=w), _grads(yt, dy, xt, wt, bt)):
         assert_close(ours, theirs, TOL[dtype] * 10)
 
 

@@ -139,6 +139,16 @@ def running_update(running_mean, running_var, mean, var, momentum, unbiased):
     running_var[...] = (1.0 - momentum) * running_var + momentum * (var * unbiased)
 
 
+def instance_batch_stats(mean, rstd, eps):
+    """Per-channel batch statistics from instance statistics ``(N, C)``: the
+    averages over samples of the means and of the biased variances."""
+    channels = mean.shape[1]
+    batch_mean = np.empty(channels)
+    batch_var = np.empty(channels)
+    finish.instance_batch_stats.serial(mean, rstd, float(eps), batch_mean, batch_var)
+    return batch_mean, batch_var
+
+
 def rstd_of(var, eps):
     """``1 / sqrt(var + eps)``, without warnings for zero or non-finite input."""
     rstd = np.empty(var.shape)

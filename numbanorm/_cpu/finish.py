@@ -28,3 +28,20 @@ def running_update(running_mean, running_var, mean, var, momentum, unbiased):
     for c in range(mean.shape[0]):
         running_mean[c] = keep * np.float64(running_mean[c]) + momentum * mean[c]
         running_var[c] = keep * np.float64(running_var[c]) + momentum * (var[c] * unbiased)
+
+
+@kernel
+def instance_batch_stats(mean, rstd, eps, batch_mean, batch_var):
+    """Per channel, the average over samples of the instance means and of the
+    instance (biased) variances ``1 / rstd**2 - eps``, added in sample order
+    (``mean``/``rstd`` are ``(N, C)``)."""
+    samples, channels = mean.shape
+    for c in range(channels):
+        s1 = 0.0
+        s2 = 0.0
+        for n in range(samples):
+            r = rstd[n, c]
+            s1 += mean[n, c]
+            s2 += 1.0 / (r * r) - eps
+        batch_mean[c] = s1 / samples
+        batch_var[c] = s2 / samples

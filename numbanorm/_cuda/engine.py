@@ -63,6 +63,16 @@ def running_update(running_mean, running_var, mean, var, momentum, unbiased):
     finish.running_update(running_mean, running_var, mean, var, momentum, unbiased)
 
 
+def instance_batch_stats(mean, rstd, eps):
+    """Per-channel batch statistics from instance statistics ``(N, C)``: the
+    averages over samples of the means and of the biased variances."""
+    channels = mean.shape[1]
+    batch_mean = empty((channels,), np.float64)
+    batch_var = empty((channels,), np.float64)
+    finish.instance_batch_stats(mean, rstd, float(eps), batch_mean, batch_var)
+    return batch_mean, batch_var
+
+
 def _p_chunk(kshape):
     _, p, c, q = kshape
     chunk = max(1, CHUNK_ELEMENTS // max(1, c * q))

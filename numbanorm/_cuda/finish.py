@@ -199,3 +199,25 @@ def running_update(running_mean, running_var, mean, var, momentum, unbiased):
     _running_update[blocks_for(mean.size), THREADS](
         running_mean, running_var, mean, var, momentum, unbiased
     )
+
+
+@cuda.jit
+def _instance_batch_stats(mean, rstd, eps, batch_mean, batch_var):
+    samples, channels = mean.shape
+    for c in range(cuda.grid(1), channels, cuda.gridDim.x * THREADS):
+        s1 = 0.0
+        s2 = 0.0
+        for n in range(samples):
+            r = rstd[n, c]
+            s1 += mean[n, c]
+            s2 += 1.0 / (r * r) - eps
+        batch_mean[c] = s1 / samples
+        batch_var[c] = s2 / samples
+
+
+def instance_batch_stats(mean, rstd, eps, batch_mean, batch_var):
+    """Per channel, the average over samples of the instance means and of the
+    instance (biased) variances ``1 / rstd**2 - eps``, in sample order."""
+    _instance_batch_stats[blocks_for(batch_mean.size), THREADS](
+        mean, rstd, eps, batch_mean, batch_var
+    )

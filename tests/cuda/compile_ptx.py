@@ -64,6 +64,7 @@ def signatures():
         (finish._sum_blocks, (D2, D1)),
         (finish._finish_moments, (D3, D3, D2, i64, i64, D2, D2)),
         (finish._rstd_of, (D1, f64, D1)),
+        (finish._instance_batch_stats, (D2, D2, f64, D1, D1)),
         (finish._channel_totals, (D3, D3, D2, D2)),
         (finish._backward_coefficients, (D2, D2, D1, D2, i64, D2, D2)),
         (finish._param_totals, (D2, D2, D2, D1, D1)),

@@ -49,36 +49,36 @@ def data(rng, shape, dtype, offset=0.0):
 # the shape of x, the parameter shape.
 def _ln(axis):
     return (
-        lambda x, w, b: nn.layer_norm(x, w, b, axis=axis),
-        lambda dy, x, s, w: nn.layer_norm_backward(dy, x, s, w, axis=axis),
+        lambda x, w, b: nn.layer_norm(x, weight=w, bias=b, axis=axis),
+        lambda dy, x, s, w: nn.layer_norm_backward(dy, x, s, weight=w, axis=axis),
     )
 
 
 def _rms(axis):
     return (
-        lambda x, w, b: nn.rms_norm(x, w, axis=axis),
-        lambda dy, x, s, w: (*nn.rms_norm_backward(dy, x, s, w, axis=axis), None),
+        lambda x, w, b: nn.rms_norm(x, weight=w, axis=axis),
+        lambda dy, x, s, w: (*nn.rms_norm_backward(dy, x, s, weight=w, axis=axis), None),
     )
 
 
 def _bn(axis):
     return (
-        lambda x, w, b: nn.batch_norm(x, w, b, axis=axis),
-        lambda dy, x, s, w: nn.batch_norm_backward(dy, x, s, w, axis=axis),
+        lambda x, w, b: nn.batch_norm(x, weight=w, bias=b, axis=axis),
+        lambda dy, x, s, w: nn.batch_norm_backward(dy, x, s, weight=w, axis=axis),
     )
 
 
 def _gn(groups, axis):
     return (
-        lambda x, w, b: nn.group_norm(x, groups, w, b, axis=axis),
-        lambda dy, x, s, w: nn.group_norm_backward(dy, x, s, w, axis=axis),
+        lambda x, w, b: nn.group_norm(x, groups, weight=w, bias=b, axis=axis),
+        lambda dy, x, s, w: nn.group_norm_backward(dy, x, s, weight=w, axis=axis),
     )
 
 
 def _in(axis):
     return (
-        lambda x, w, b: nn.instance_norm(x, w, b, axis=axis),
-        lambda dy, x, s, w: nn.instance_norm_backward(dy, x, s, w, axis=axis),
+        lambda x, w, b: nn.instance_norm(x, weight=w, bias=b, axis=axis),
+        lambda dy, x, s, w: nn.instance_norm_backward(dy, x, s, weight=w, axis=axis),
     )
 
 
@@ -181,6 +181,46 @@ def test_batch_norm_running_statistics_and_eval_mode_stay_on_the_device(axis, rn
     assert_close(host(dx), dx_cpu, np.float32)
 
 
+@pytest.mark.parametrize("axis", [1, -1])
+def test_instance_norm_running_statistics_stay_on_the_device(axis, rng):
+    x = data(rng, (4, 3, 2, 3), np.float32, offset=2.0)
+    dy = data(rng, x.shape, np.float32)
+    c = x.shape[axis]
+    w = data(rng, (c,), np.float32)
+    rm, rv = np.zeros(c, np.float32), np.ones(c, np.float32)
+    d_rm, d_rv = dev(rm), dev(rv)
+    nn.instance_norm(dev(x), axis=axis, running_mean=d_rm, running_var=d_rv, momentum=0.3)
+    nn.instance_norm(x, axis=axis, running_mean=rm, running_var=rv, momentum=0.3)
+    assert_close(d_rm.copy_to_host(), rm, np.float32)
+    assert_close(d_rv.copy_to_host(), rv, np.float32)
+
+    y, saved = nn.instance_norm(dev(x), weight=dev(w), axis=axis, training=False,
+                                running_mean=d_rm, running_var=d_rv)
+    y_cpu, saved_cpu = nn.instance_norm(x, weight=w, axis=axis, training=False,
+                                        running_mean=rm, running_var=rv)
+    assert not saved.training
+    assert_on_device(y, saved.mean, saved.rstd)
+    assert_close(host(y), y_cpu, np.float32)
+    dx, dw, _ = nn.instance_norm_backward(dev(dy), dev(x), saved, weight=dev(w), axis=axis)
+    dx_cpu, dw_cpu, _ = nn.instance_norm_backward(dy, x, saved_cpu, weight=w, axis=axis)
+    assert_close(host(dx), dx_cpu, np.float32)
+    assert_close(host(dw), dw_cpu, np.float32)
+
+
+def test_an_empty_batch_in_eval_mode_gives_an_empty_result_on_the_device():
+    x = np.zeros((0, 3, 2, 2), np.float32)
+    rm, rv = dev(np.zeros(3, np.float32)), dev(np.ones(3, np.float32))
+    w = dev(np.ones(3, np.float32))
+    for f, b in ((nn.batch_norm, nn.batch_norm_backward),
+                 (nn.instance_norm, nn.instance_norm_backward)):
+        y, saved = f(dev(x), weight=w, training=False, running_mean=rm, running_var=rv)
+        assert_on_device(y)
+        assert y.shape == x.shape
+        dx, dw, _ = b(dev(x), dev(x), saved, weight=w)
+        assert dx.shape == x.shape
+        assert_close(host(dw), np.zeros(3, np.float32), np.float32)
+
+
 def test_strided_and_transposed_device_input(rng):
     base = data(rng, (6, 40), np.float32, offset=5.0)
     d_base = dev(base)
@@ -245,8 +285,8 @@ def test_inputs_are_not_modified(rng):
     dy = data(rng, x.shape, np.float32)
     w = data(rng, (6,), np.float32)
     d_x, d_dy, d_w = dev(x), dev(dy), dev(w)
-    _, saved = nn.group_norm(d_x, 3, d_w, d_w)
-    nn.group_norm_backward(d_dy, d_x, saved, d_w)
+    _, saved = nn.group_norm(d_x, 3, weight=d_w, bias=d_w)
+    nn.group_norm_backward(d_dy, d_x, saved, weight=d_w)
     np.testing.assert_array_equal(d_x.copy_to_host(), x)
     np.testing.assert_array_equal(d_dy.copy_to_host(), dy)
     np.testing.assert_array_equal(d_w.copy_to_host(), w)
@@ -273,7 +313,7 @@ def test_results_are_identical_run_to_run(rng):
 
 
 ERRORS = [
-    ("weight shape", lambda X, DY: nn.layer_norm(X, dev(np.ones(3, np.float32))), ValueError,
+    ("weight shape", lambda X, DY: nn.layer_norm(X, weight=dev(np.ones(3, np.float32))), ValueError,
      r"weight must have shape \(5,\)"),
     ("groups", lambda X, DY: nn.group_norm(X, 4), ValueError, "num_groups=4 must be a positive divisor"),
     ("eps", lambda X, DY: nn.batch_norm(X, eps=-1.0), ValueError, "eps must be finite and >= 0"),
@@ -283,7 +323,7 @@ ERRORS = [
      "dy must have the shape of x"),
     ("dy dtype", lambda X, DY: nn.layer_norm_backward(dev(np.ones((2, 3, 5))), X, nn.layer_norm(X)[1]),
      TypeError, "dy must have dtype float32"),
-    ("host weight", lambda X, DY: nn.layer_norm(X, np.ones(5, np.float32)), TypeError,
+    ("host weight", lambda X, DY: nn.layer_norm(X, weight=np.ones(5, np.float32)), TypeError,
      "weight is a host \\(NumPy\\) array but x is a device array"),
     ("host dy", lambda X, DY: nn.layer_norm_backward(np.ones((2, 3, 5), np.float32), X,
                                                      nn.layer_norm(X)[1]),
