@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: test ptx bench demo docs clean
+.PHONY: test ptx bench asv demo docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,13 @@ ptx: $(PTX_VENV)/.installed
 BENCH_ARGS ?= --json bench.json --plot bench.png
 bench: $(VENV)/.installed-bench
 	$(BIN)/python -m numbanorm.bench $(BENCH_ARGS)
+
+# asv over this commit, results kept in asv_bench/results (--python=same saves
+# only with a commit hash), then the HTML graphs in asv_bench/html.
+asv: $(VENV)/.installed-bench
+	cd asv_bench && ../$(BIN)/asv machine --yes && \
+	../$(BIN)/asv run --python=same --set-commit-hash $$(git rev-parse HEAD) $(ASV_ARGS) && \
+	../$(BIN)/asv publish
 
 # Train a NumPy MLP on load_digits with each norm; prints a table, draws the picture.
 demo: $(VENV)/.installed-examples

@@ -125,7 +125,7 @@ class Case:
             view = lambda a: a.reshape(shape[0], -1, GROUPS, shape[-1] // GROUPS)  # noqa: E731
             reduce = (1, 3)
         center = norm != "rms"
-        eps = 1e-6 if norm == "rms" else 1e-5
+        eps = float(np.finfo(x.dtype).eps) if norm == "rms" else 1e-5  # each's default
 
         def stats():
             xv = view(x)
@@ -161,7 +161,7 @@ class Case:
         if norm == "layer":
             f = lambda x, w, b: F.layer_norm(x, shape[-1:], w, b)  # noqa: E731
         elif norm == "rms":
-            f = lambda x, w, b: F.rms_norm(x, shape[-1:], w, eps=1e-6)  # noqa: E731
+            f = lambda x, w, b: F.rms_norm(x, shape[-1:], w)  # noqa: E731
         elif norm == "batch":
             rm, rv = torch.zeros(len(self.w), dtype=x.dtype), torch.ones(len(self.w), dtype=x.dtype)
             f = lambda x, w, b: F.batch_norm(x, rm, rv, w, b, training=True)  # noqa: E731
@@ -331,7 +331,7 @@ def _gpu_case(torch, norm, layout, shape):
     if norm == "layer":
         theirs = lambda xr, wr, br: F.layer_norm(xr, (c,), wr, br)  # noqa: E731
     elif norm == "rms":
-        theirs = lambda xr, wr, br: F.rms_norm(xr, (c,), wr, eps=1e-6)  # noqa: E731
+        theirs = lambda xr, wr, br: F.rms_norm(xr, (c,), wr)  # noqa: E731
     elif norm == "batch":
         theirs = lambda xr, wr, br: F.batch_norm(xr, None, None, wr, br, training=True)  # noqa: E731
     else:
@@ -399,23 +399,68 @@ def geomean(values):
     return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
 
 
-def plot(results, path):
+def _label(r):
+    return f"{r['norm']} {r['layout']} {'x'.join(map(str, r['shape']))} {r['direction']}"
+
+
+def combine(runs):
+    """Rows of several runs (lists of result dicts, same rows) as
+    ``[(label, [ratio per run])]``, in the first run's order."""
+    ratios = {}
+    for results in runs:
+        for r in results:
+            ratios.setdefault(_label(r), []).append(r["ratio"] or float("nan"))
+    return list(ratios.items())
+
+
+def print_combined(rows):
+    """Each row's ratio per run and their median."""
+    n = len(rows[0][1])
+    print(f"{'row':40s} " + " ".join(f"run {i + 1:<3d}" for i in range(n)) + "  median")
+    for label, values in rows:
+        print(f"{label:40s} " + " ".join(f"{v:6.2f}x" for v in values)
+              + f"  {float(np.median(values)):6.2f}x")
+    medians = [float(np.median(v)) for _, v in rows]
+    print(f"\ngeometric mean of the medians: {geomean(medians):.2f}x over {len(rows)} rows; "
+          f"per run: " + ", ".join(f"{geomean([v[i] for _, v in rows]):.2f}x" for i in range(n)))
+
+
+def plot(runs, path, title="numbanorm vs PyTorch, float32"):
+    """A bar per row at the median ratio over ``runs`` (lists of result
+    dicts), a line from its lowest to its highest run, and the 1.0x line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
-    labels = [f"{r['norm']} {r['layout']} {'x'.join(map(str, r['shape']))} {r['direction']}" for r in results]
-    ratios = [r["ratio"] or 0 for r in results]
-    fig, ax = plt.subplots(figsize=(9, 0.22 * len(results) + 1.5))
-    colors = ["tab:green" if v >= 1 else "tab:red" for v in ratios]
-    ax.barh(range(len(ratios)), ratios, color=colors)
-    ax.axvline(1.0, color="k", lw=0.8)
+    rows = combine(runs)
+    labels = [label for label, _ in rows]
+    values = [np.asarray(v, dtype=float) for _, v in rows]
+    medians = np.array([np.median(v) for v in values])
+    low = medians - np.array([v.min() for v in values])
+    high = np.array([v.max() for v in values]) - medians
+    fig, ax = plt.subplots(figsize=(9, 0.22 * len(rows) + 1.6))
+    colors = ["tab:green" if m >= 1 else "tab:red" for m in medians]
+    y = np.arange(len(rows))
+    ax.barh(y, medians, color=colors, alpha=0.8)
+    if len(runs) > 1:
+        ax.errorbar(medians, y, xerr=[low, high], fmt="none", ecolor="k", elinewidth=0.8,
+                    capsize=2)
+    ax.axvline(1.0, color="k", lw=1.2, ls="--")
     ax.set_xscale("log")
-    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    ticks = [t for t in (0.25, 0.5, 1, 2, 3, 5, 10, 20, 50)
+             if 0.5 * np.nanmin(medians - low) <= t <= 2 * np.nanmax(medians + high)]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda t, _: f"{t:g}x"))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.grid(axis="x", lw=0.4, alpha=0.5)
+    ax.set_yticks(y, labels, fontsize=7)
     ax.invert_yaxis()
-    ax.set_xlabel("speed-up over PyTorch (PyTorch time / numbanorm time)")
-    ax.set_title(f"numbanorm vs PyTorch, float32, geomean {geomean(ratios):.2f}x")
+    ax.set_xlabel("speed-up over PyTorch (PyTorch time / numbanorm time); "
+                  "right of the dashed line is faster")
+    spread = f"\nbars: median of {len(runs)} runs; lines: lowest to highest run" if len(runs) > 1 else ""
+    ax.set_title(f"{title}\ngeometric mean {geomean(medians):.2f}x{spread}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -428,7 +473,18 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", metavar="FILE")
     p.add_argument("--plot", metavar="FILE.png")
+    p.add_argument("--combine", nargs="+", metavar="RUN.json",
+                   help="no timing: the --json files of several runs, their medians and chart")
     args = p.parse_args(argv)
+    if args.combine:
+        runs = []
+        for name in args.combine:
+            with open(name) as f:
+                runs.append(json.load(f)["rows"])
+        print_combined(combine(runs))
+        if args.plot:
+            plot(runs, args.plot)
+        return 0
     budget = 0.3 if args.quick else 1.0
     if args.device == "cuda":
         torch = import_torch()
@@ -455,7 +511,7 @@ def main(argv=None):
         with open(args.json, "w") as f:
             json.dump({"geomean": g, "rows": results}, f, indent=1)
     if args.plot:
-        plot(results, args.plot)
+        plot([results], args.plot)
     return 0
 
 
