@@ -19,6 +19,7 @@ from ._layout import (
     check_stats,
     compute_dtype,
     engine_for,
+    is_float,
     forward,
     normalize_axis,
     not_masked,
@@ -62,7 +63,7 @@ def _check_running(a, channels, name, x, device, training):
         raise TypeError(f"{name} must be a numpy.ndarray (it is updated in place)")
     else:
         not_masked(a, name)
-    if a.dtype.kind != "f":
+    if not is_float(a.dtype):
         raise TypeError(f"{name} must be a float array, got dtype {a.dtype}")
     if tuple(a.shape) != (channels,):
         raise ValueError(f"{name} must have shape ({channels},), got {tuple(a.shape)}")

@@ -20,7 +20,7 @@ from ._grouped_norms import (
     instance_norm,
     instance_norm_backward,
 )
-from ._layout import check_eps, normalize_axis, not_masked
+from ._layout import check_eps, is_float, normalize_axis, not_masked
 from ._moments import Moments, moments
 from ._row_norms import layer_norm, layer_norm_backward, rms_norm, rms_norm_backward
 from ._types import Array, ArrayLike
@@ -86,7 +86,7 @@ class _Layer:
                 raise ValueError(
                     f"state dict entry {key!r} has shape {value.shape}, expected {target.shape}"
                 )
-            if value.dtype.kind not in "biuf":
+            if value.dtype.kind not in "biu" and not is_float(value.dtype):
                 raise ValueError(f"state dict entry {key!r} has dtype {value.dtype}, expected real")
             arrays[key] = value
         for key, value in arrays.items():
@@ -482,7 +482,7 @@ class WeightNorm(_Layer):
     def __init__(self, weight: ArrayLike, axis: Optional[int] = 0) -> None:
         super().__init__()
         v = np.array(not_masked(weight, "weight"), copy=True)
-        if v.dtype.kind != "f":
+        if not is_float(v.dtype):
             v = v.astype(np.float64)
         if axis is not None:
             axis = normalize_axis(axis, v.ndim)

@@ -96,14 +96,28 @@ def result_dtype_of(dtype, name="x"):
         return _FLOAT64
     if kind == "f" and dtype.itemsize <= 8:
         return dtype.newbyteorder("=")  # big-endian input: the native dtype of its precision
+    if is_bfloat16(dtype):
+        return dtype
     raise TypeError(
-        f"{name} must be a real array (float16, float32, float64, integer or bool), "
-        f"got dtype {dtype}"
+        f"{name} must be a real array (bfloat16, float16, float32, float64, integer or "
+        f"bool), got dtype {dtype}"
     )
 
 
+def is_bfloat16(dtype):
+    """Whether ``dtype`` is ``ml_dtypes.bfloat16``, NumPy's bfloat16 (as JAX
+    uses), known by name so that ml_dtypes stays optional."""
+    return dtype.kind == "V" and dtype.name == "bfloat16" and dtype.itemsize == 2
+
+
+def is_float(dtype):
+    """Whether ``dtype`` is a floating-point dtype, bfloat16 included."""
+    return dtype.kind == "f" or is_bfloat16(dtype)
+
+
 def compute_dtype(result):
-    """Kernel dtype: float16 is computed in float32 (accumulation is float64)."""
+    """Kernel dtype: float16 and bfloat16 are computed in float32 (accumulation
+    is float64)."""
     return _FLOAT64 if result == _FLOAT64 else _FLOAT32
 
 
