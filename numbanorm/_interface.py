@@ -19,7 +19,9 @@ Channel norms on an ``(N, P, C, Q)`` view with groups of channels
     param_grads, dxk)``.
 Steps, worked out once per signature
     ``row_forward_steps(kshape, dtype, center)``,
-    ``row_backward_steps(kshape, dtype, center, param_grads, weight_dtype)``,
+    ``row_forward_residual_steps(kshape, dtype, center)``,
+    ``row_backward_steps(kshape, dtype, center, param_grads, weight_dtype)``
+    (its steps take an optional ``dhk`` after the weight),
     ``sample_forward_steps(kshape, groups)``,
     ``sample_backward_steps(kshape, groups, param_grads)``,
     ``weight_norm_forward_steps(kshape)``, ``weight_norm_backward_steps(kshape)``:
@@ -45,6 +47,7 @@ ENGINE_INTERFACE = {
         "dyk", "xk", "mean", "rstd", "weight", "batch_stats", "param_grads", "dxk",
     ),
     "row_forward_steps": ("kshape", "dtype", "center"),
+    "row_forward_residual_steps": ("kshape", "dtype", "center"),
     "row_backward_steps": ("kshape", "dtype", "center", "param_grads", "weight_dtype"),
     "sample_forward_steps": ("kshape", "groups"),
     "sample_backward_steps": ("kshape", "groups", "param_grads"),

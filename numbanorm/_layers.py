@@ -100,9 +100,9 @@ class _Layer:
     def _store_grads(self, **grads):
         self.grads = {k: v for k, v in grads.items() if v is not None}
 
-    def __call__(self, *args: ArrayLike) -> Array:
+    def __call__(self, *args: ArrayLike, **kwargs: ArrayLike) -> Array:
         """``layer(x)`` is ``layer.forward(x)``, as a framework's module."""
-        return self.forward(*args)
+        return self.forward(*args, **kwargs)
 
     def forward(self, x: ArrayLike) -> Array:
         """Normalize ``x``; keeps what :meth:`backward` needs."""
@@ -180,11 +180,46 @@ def _check_trailing_shape(x, normalized_shape):
         )
 
 
-class LayerNorm(_Layer):
+class _RowNorm(_Layer):
+    """Layer and RMS norm: a residual add fused into the norm."""
+
+    def forward(self, x: ArrayLike, residual: Optional[ArrayLike] = None):
+        """Normalize ``x`` and return ``y``; with ``residual``, normalize
+        ``h = x + residual`` and return ``(y, h)`` (one pass). Keeps what
+        :meth:`backward` needs."""
+        if residual is None:
+            return super().forward(x)
+        _check_trailing_shape(x, self.normalized_shape)
+        y, saved, h = self._function(
+            x, weight=self.weight, **self._bias_kwargs(), axis=self.axis, eps=self.eps,
+            residual=residual,
+        )
+        self._saved = (h, saved)
+        return y, h
+
+    def backward(self, dy: ArrayLike, dh: Optional[ArrayLike] = None) -> Array:
+        """Return ``dx`` for the last forward's input (its ``h`` after a
+        residual forward), plus ``dh``, the gradient reaching ``h`` by the
+        residual path, when given; store the parameters' gradients in
+        ``grads``."""
+        if dh is None:
+            return super().backward(dy)
+        x, saved = self._require_forward()
+        dx, *param_grads = self._backward_function(
+            dy, x, saved, weight=self.weight, axis=self.axis, dh=dh
+        )
+        self._store_grads(**dict(zip(self._param_names, param_grads)))
+        return dx
+
+
+class LayerNorm(_RowNorm):
     """Layer normalization over the trailing ``normalized_shape`` dimensions.
 
     ``y = (x - E[x]) / sqrt(Var[x] + eps) * weight + bias``, as
     ``torch.nn.LayerNorm``; state dict keys ``weight``, ``bias``.
+    ``layer(x, residual=r)`` normalizes ``h = x + r`` and returns ``(y, h)``
+    in one pass; ``layer.backward(dy, dh=dh)`` then adds the gradient
+    reaching ``h`` by the residual path.
 
     Parameters
     ----------
@@ -212,6 +247,12 @@ class LayerNorm(_Layer):
         self.bias = np.zeros(self.normalized_shape, dtype) if elementwise_affine and bias else None
         self.axis = tuple(range(-len(self.normalized_shape), 0))
 
+    _function = staticmethod(layer_norm)
+    _backward_function = staticmethod(layer_norm_backward)
+
+    def _bias_kwargs(self):
+        return {"bias": self.bias}
+
     def _norm(self, x):
         _check_trailing_shape(x, self.normalized_shape)
         return layer_norm(x, weight=self.weight, bias=self.bias, axis=self.axis, eps=self.eps)
@@ -223,12 +264,12 @@ class LayerNorm(_Layer):
         return f"{self.normalized_shape}, eps={self.eps}"
 
 
-class RMSNorm(_Layer):
+class RMSNorm(_RowNorm):
     """RMS normalization over the trailing ``normalized_shape`` dimensions.
 
     ``y = x / sqrt(E[x**2] + eps) * weight``, as ``torch.nn.RMSNorm``:
     ``eps=None`` uses the machine epsilon of the input's dtype. State dict
-    key ``weight``.
+    key ``weight``. A residual add is fused as in :class:`LayerNorm`.
 
     Parameters
     ----------
@@ -251,6 +292,12 @@ class RMSNorm(_Layer):
         self.eps = _eps(eps, allow_none=True)
         self.weight = np.ones(self.normalized_shape, dtype) if elementwise_affine else None
         self.axis = tuple(range(-len(self.normalized_shape), 0))
+
+    _function = staticmethod(rms_norm)
+    _backward_function = staticmethod(rms_norm_backward)
+
+    def _bias_kwargs(self):
+        return {}
 
     def _norm(self, x):
         _check_trailing_shape(x, self.normalized_shape)

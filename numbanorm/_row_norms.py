@@ -1,6 +1,6 @@
 """Layer norm and RMS norm: statistics per row of the normalized axes."""
 
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 
@@ -45,11 +45,14 @@ def _machine_eps(dtype):
     return float(np.finfo(dtype).eps)
 
 
-def _forward(x, weight, bias, axis, eps, out, center):
+def _forward(x, weight, bias, axis, eps, out, center, residual=None):
+    if residual is not None:
+        return _forward_residual(x, residual, weight, bias, axis, eps, out, center)
     key = None if out is not None else runner_key("row forward", (center, axis), x, weight, bias)
     run = runners.get(key)
     if run is not None:
-        return run(x, weight, bias, check_eps(_machine_eps(x.dtype) if eps is None and not center else eps))
+        default_eps = eps is None and not center
+        return run(x, weight, bias, check_eps(_machine_eps(x.dtype) if default_eps else eps))
     x, device, result, dtype, _, w, b, view, stat_shape = _prepare(x, axis, weight, bias)
     engine = engine_for(device)
     eps = check_eps(_machine_eps(result) if eps is None and not center else eps)
@@ -67,14 +70,52 @@ def _forward(x, weight, bias, axis, eps, out, center):
     return forward(key, engine, view, dtype, result, steps, saved, x, (w, b, eps), out)
 
 
-def _backward(dy, x, saved, weight, axis, center, has_bias):
-    key = runner_key("row backward", (center, has_bias, axis), x, dy, weight)
+def _forward_residual(x, residual, weight, bias, axis, eps, out, center):
+    """``h = x + residual``, then the norm of ``h``: ``(y, saved, h)``. One
+    pass for the kernels' dtypes (float32, float64); other dtypes add in
+    NumPy first, in ``x``'s dtype, and normalize ``h``."""
+    x, device, result, dtype, _, w, b, view, stat_shape = _prepare(x, axis, weight, bias)
+    engine = engine_for(device)
+    eps = check_eps(_machine_eps(result) if eps is None and not center else eps)
+    residual = check_like(residual, view.shape, x.dtype, "residual", device=device)
+    if not (x.dtype == result == dtype):
+        if device:
+            raise TypeError(
+                f"residual on the device needs x of float32 or float64, got {x.dtype}"
+            )
+        h = np.add(x, residual)
+        y, saved = _forward(h, weight, bias, axis, eps, out, center)
+        return y, saved, h
+    if out is not None:
+        out = check_out(
+            out, view.shape, result, {"x": x, "residual": residual, "weight": w, "bias": b},
+            device=device,
+        )
+    xk, rk = engine.to_kernel(view, x, dtype), engine.to_kernel(view, residual, dtype)
+    hk, finish_h = engine.output(view, dtype, result, None)
+    yk, finish_y = engine.output(view, dtype, result, out)
+    steps = engine.row_forward_residual_steps(view.kshape, dtype, center)
+    mean, rstd = steps(xk, rk, hk, yk, w, b, eps)
+    if rstd.shape != stat_shape:
+        mean, rstd = mean.reshape(stat_shape), rstd.reshape(stat_shape)
+    saved = NormStats(mean if center else None, rstd, True, bias is not None)
+    return finish_y(), saved, finish_h()
+
+
+def _backward(dy, x, saved, weight, axis, center, has_bias, dh=None):
+    key = None
+    if dh is None:
+        key = runner_key("row backward", (center, has_bias, axis), x, dy, weight)
     run = runners.get(key)
     if run is not None:
         return run(dy, x, saved, weight)
     x, device, result, dtype, pshape, w, _, view, stat_shape = _prepare(x, axis, weight, None)
     engine = engine_for(device)
     dy = check_like(dy, view.shape, result, "dy", device=device)
+    params = (w,)
+    if dh is not None:
+        dh = check_like(dh, view.shape, result, "dh", device=device)
+        params = (w, engine.to_kernel(view, dh, dtype))
     rows = view.kshape[0]
     steps = engine.row_backward_steps(
         view.kshape, dtype, center, weight is not None or has_bias,
@@ -90,13 +131,14 @@ def _backward(dy, x, saved, weight, axis, center, has_bias):
             mean = engine.zeros(rows)
         return mean, rstd
 
-    return backward(key, engine, view, dtype, result, steps, statistics, grads, dy, x, saved, (w,))
+    return backward(key, engine, view, dtype, result, steps, statistics, grads, dy, x, saved, params)
 
 
 def layer_norm(
     x: ArrayLike, *, weight: Optional[ArrayLike] = None, bias: Optional[ArrayLike] = None,
     axis: Axis = -1, eps: float = 1e-5, out: Optional[Array] = None,
-) -> tuple[Array, NormStats]:
+    residual: Optional[ArrayLike] = None,
+) -> Union[tuple[Array, NormStats], tuple[Array, NormStats, Array]]:
     r"""Layer normalization over ``axis``.
 
     .. math::
@@ -121,6 +163,10 @@ def layer_norm(
     out : ndarray, optional
         Where to write ``y``: shape of ``x``, dtype of the result, no memory
         shared with the inputs.
+    residual : array_like, optional
+        Shape and dtype of ``x``: normalize ``h = x + residual`` instead of
+        ``x`` and return ``h`` too (a transformer block's residual add, fused
+        into the norm: one pass over memory for float32 and float64).
 
     Returns
     -------
@@ -129,13 +175,16 @@ def layer_norm(
     saved : NormStats
         ``mean`` and ``rstd = 1/sqrt(var + eps)`` (float64), shaped like ``x``
         without ``axis``; pass it to :func:`layer_norm_backward`.
+    h : ndarray
+        Only with ``residual``: ``x + residual``, computed in ``x``'s dtype;
+        pass it to :func:`layer_norm_backward` as its ``x``.
     """
-    return _forward(x, weight, bias, axis, eps, out, center=True)
+    return _forward(x, weight, bias, axis, eps, out, center=True, residual=residual)
 
 
 def layer_norm_backward(
     dy: ArrayLike, x: ArrayLike, saved: NormStats, *, weight: Optional[ArrayLike] = None,
-    axis: Axis = -1,
+    axis: Axis = -1, dh: Optional[ArrayLike] = None,
 ) -> tuple[Array, Optional[Array], Optional[Array]]:
     r"""Gradients of :func:`layer_norm`.
 
@@ -161,6 +210,11 @@ def layer_norm_backward(
         The forward pass's weight.
     axis : int or tuple of int, default -1
         The forward pass's ``axis``.
+    dh : array_like, optional
+        With a residual forward (``x`` is then its ``h``): the gradient that
+        reaches ``h`` by the residual path, shape and dtype of ``dy``. It is
+        added to ``dx`` in the same pass, so ``dx`` is the whole gradient of
+        ``h``, which is that of ``x`` and of ``residual``.
 
     Returns
     -------
@@ -172,13 +226,14 @@ def layer_norm_backward(
         Gradient with respect to ``bias`` (None when the forward had no bias).
     """
     check_saved(saved)
-    return _backward(dy, x, saved, weight, axis, center=True, has_bias=bool(saved.has_bias))
+    return _backward(dy, x, saved, weight, axis, center=True, has_bias=bool(saved.has_bias), dh=dh)
 
 
 def rms_norm(
     x: ArrayLike, *, weight: Optional[ArrayLike] = None, axis: Axis = -1,
     eps: Optional[float] = None, out: Optional[Array] = None,
-) -> tuple[Array, NormStats]:
+    residual: Optional[ArrayLike] = None,
+) -> Union[tuple[Array, NormStats], tuple[Array, NormStats, Array]]:
     r"""RMS normalization over ``axis``.
 
     .. math::
@@ -202,6 +257,9 @@ def rms_norm(
         as ``torch.nn.functional.rms_norm`` and :class:`RMSNorm`.
     out : ndarray, optional
         Where to write ``y``.
+    residual : array_like, optional
+        Shape and dtype of ``x``: normalize ``h = x + residual`` and return
+        ``h`` too, in one pass for float32 and float64 (see :func:`layer_norm`).
 
     Returns
     -------
@@ -209,13 +267,16 @@ def rms_norm(
         The normalized array.
     saved : NormStats
         ``mean`` is None; ``rstd = 1/sqrt(mean(x**2) + eps)`` (float64).
+    h : ndarray
+        Only with ``residual``: ``x + residual`` in ``x``'s dtype; pass it to
+        :func:`rms_norm_backward` as its ``x``.
     """
-    return _forward(x, weight, None, axis, eps, out, center=False)
+    return _forward(x, weight, None, axis, eps, out, center=False, residual=residual)
 
 
 def rms_norm_backward(
     dy: ArrayLike, x: ArrayLike, saved: NormStats, *, weight: Optional[ArrayLike] = None,
-    axis: Axis = -1,
+    axis: Axis = -1, dh: Optional[ArrayLike] = None,
 ) -> tuple[Array, Optional[Array]]:
     r"""Gradients of :func:`rms_norm`.
 
@@ -236,6 +297,11 @@ def rms_norm_backward(
         The forward pass's weight.
     axis : int or tuple of int, default -1
         The forward pass's ``axis``.
+    dh : array_like, optional
+        With a residual forward (``x`` is then its ``h``): the gradient that
+        reaches ``h`` by the residual path, shape and dtype of ``dy``. It is
+        added to ``dx`` in the same pass, so ``dx`` is the whole gradient of
+        ``h``, which is that of ``x`` and of ``residual``.
 
     Returns
     -------
@@ -245,5 +311,5 @@ def rms_norm_backward(
         Gradient with respect to ``weight`` (None when ``weight`` is None).
     """
     check_saved(saved)
-    dx, dweight, _ = _backward(dy, x, saved, weight, axis, center=False, has_bias=False)
+    dx, dweight, _ = _backward(dy, x, saved, weight, axis, center=False, has_bias=False, dh=dh)
     return dx, dweight

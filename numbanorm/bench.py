@@ -275,6 +275,83 @@ def run(only=None, budget=1.0, threads=None, seed=0):
     return results
 
 
+# ----------------------------------------------------- fused residual add --
+
+#: Shapes of the fused residual rows (layer and RMS norm of ``h = x + r``).
+RESIDUAL_SHAPES = [(4096, 1024), (8192, 4096)]
+
+
+def run_residual(only=None, budget=1.0, seed=0):
+    """Time ``norm(x, residual=r)`` and its backward with ``dh`` against
+    PyTorch's composite (``h = x + r``, then the norm; autograd for the
+    backward of both paths). The floor moves the bytes each pass needs:
+    forward ``h = x + r`` and a write of ``y`` (``np.add``, ``fill``),
+    backward ``dx = dy + dh`` and a read of ``h`` (``np.add``, ``max``)."""
+    import numbanorm as nn
+
+    torch = import_torch()
+    rng = np.random.default_rng(seed)
+    results = []
+    for norm in ("layer", "rms"):
+        for shape in RESIDUAL_SHAPES:
+            label = f"{norm}+res rows {'x'.join(map(str, shape))}"
+            if only and not any(o in label for o in only):
+                continue
+            x, r, dy, dh = (rng.standard_normal(shape, dtype=np.float32) for _ in range(4))
+            w = (1 + 0.1 * rng.standard_normal(shape[-1])).astype(np.float32)
+            b = (0.1 * rng.standard_normal(shape[-1])).astype(np.float32)
+            params = {"weight": w, "bias": b} if norm == "layer" else {"weight": w}
+            f = nn.layer_norm if norm == "layer" else nn.rms_norm
+            back = nn.layer_norm_backward if norm == "layer" else nn.rms_norm_backward
+            _, saved, h = f(x, residual=r, **params)
+            ours_fwd = lambda: f(x, residual=r, **params)  # noqa: E731
+            ours_bwd = lambda: back(dy, h, saved, weight=w, dh=dh)  # noqa: E731
+            torch_fwd = torch_bwd = None
+            if torch is not None:
+                F = torch.nn.functional
+                tx, tr, tw, tb = (torch.from_numpy(a) for a in (x, r, w, b))
+                tdy, tdh = torch.from_numpy(dy), torch.from_numpy(dh)
+
+                def composite(xx, rr, ww, bb):
+                    hh = xx + rr
+                    if norm == "layer":
+                        return F.layer_norm(hh, shape[-1:], ww, bb), hh
+                    return F.rms_norm(hh, shape[-1:], ww), hh
+
+                def torch_fwd():
+                    with torch.no_grad():
+                        return composite(tx, tr, tw, tb)
+
+                leaves = [a.clone().requires_grad_(True) for a in (tx, tr, tw)]
+                yg, hg = composite(*leaves, tb)
+
+                def torch_bwd():
+                    return torch.autograd.grad((yg, hg), leaves, (tdy, tdh), retain_graph=True)
+
+            hf, yf, dxf = np.empty_like(x), np.empty_like(x), np.empty_like(x)
+
+            def floor_fwd():
+                np.add(x, r, out=hf)
+                yf.fill(0.0)
+
+            def floor_bwd():
+                np.add(dy, dh, out=dxf)
+                h.max()
+
+            for direction in ("fwd", "bwd"):
+                fns = [ours_fwd, torch_fwd, floor_fwd] if direction == "fwd" else [
+                    ours_bwd, torch_bwd, floor_bwd]
+                t_ours, t_torch, t_floor = _time(fns, budget)
+                results.append({
+                    "norm": f"{norm}+res", "layout": "rows", "shape": list(shape),
+                    "direction": direction, "numbanorm_s": t_ours, "torch_s": t_torch,
+                    "floor_s": t_floor, "ratio": (t_torch / t_ours) if t_torch else None,
+                    "floor_fraction": t_floor / t_ours,
+                })
+                _print_row(results[-1])
+    return results
+
+
 # --------------------------------------------------------------- GPU -------
 
 GPU_ROWS = [
@@ -507,9 +584,13 @@ def main(argv=None):
     print(f"\ngeometric mean speed-up over PyTorch: {g:.2f}x over {len(results)} rows")
     if worst:
         print(f"slowest row: {worst['norm']} {worst['layout']} {worst['shape']} {worst['direction']} {worst['ratio']:.2f}x")
+    residual = []
+    if args.device == "cpu":
+        print("\nfused residual add, against PyTorch's composite (h = x + r; norm(h)):")
+        residual = run_residual(args.only, budget=budget)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"geomean": g, "rows": results}, f, indent=1)
+            json.dump({"geomean": g, "rows": results, "residual_rows": residual}, f, indent=1)
     if args.plot:
         plot([results], args.plot)
     return 0

@@ -207,3 +207,82 @@ def test_an_empty_batch_in_eval_mode_gives_an_empty_result(norm):
 def test_an_empty_batch_in_training_mode_is_still_refused():
     with pytest.raises(ValueError, match="empty"):
         nn.batch_norm(np.zeros((0, 4, 3, 3)))
+
+
+# --------------------------------------------------------- fused residual add ---
+
+RESIDUAL_SHAPES = [((37, 130), -1), ((7, 2064), -1), ((3, 4, 50), (-2, -1)), ((300, 256), -1)]
+
+
+@pytest.mark.parametrize("norm", ["layer", "rms"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, axis", RESIDUAL_SHAPES)
+def test_fused_residual_add_equals_pytorch_composite(norm, dtype, shape, axis, rng):
+    # (7, 2064): rows long enough for the four-row backward loop, and a block
+    # of three; (300, 256): the parallel builds.
+    x, r, dy, dh = (normal(rng, shape, dtype) for _ in range(4))
+    pshape = shape[-1:] if axis == -1 else shape[-2:]
+    w, b = normal(rng, pshape, dtype), normal(rng, pshape, dtype)
+    eps = float(np.finfo(dtype).eps)
+    if norm == "layer":
+        y, saved, h = nn.layer_norm(x, weight=w, bias=b, axis=axis, residual=r)
+        dx, dw, db = nn.layer_norm_backward(dy, h, saved, weight=w, axis=axis, dh=dh)
+    else:
+        y, saved, h = nn.rms_norm(x, weight=w, axis=axis, residual=r)
+        dx, dw = nn.rms_norm_backward(dy, h, saved, weight=w, axis=axis, dh=dh)
+    assert h.dtype == y.dtype == dx.dtype == dtype
+    np.testing.assert_array_equal(h, x + r)  # the sum in x's dtype, as NumPy's
+    xt, rt, wt, bt = _t(x, True), _t(r, True), _t(w, True), _t(b, True)
+    ht = xt + rt
+    if norm == "layer":
+        yt = F.layer_norm(ht, pshape, wt, bt)
+    else:
+        yt = F.rms_norm(ht, pshape, wt, eps=eps)
+    ((yt * _t(dy)).sum() + (ht * _t(dh)).sum()).backward()
+    assert_close(y, yt.detach().numpy(), TOL[dtype])
+    assert_close(dx, xt.grad.numpy(), TOL[dtype] * 10, "dx = dh")
+    assert_close(dx, rt.grad.numpy(), TOL[dtype] * 10, "d residual")
+    assert_close(dw, wt.grad.numpy(), TOL[dtype] * 10, "dweight")
+    if norm == "layer":
+        assert_close(db, bt.grad.numpy(), TOL[dtype] * 10, "dbias")
+
+
+def test_residual_without_dh_is_the_plain_backward_of_h(rng):
+    x, r, dy = (normal(rng, (9, 40), np.float32) for _ in range(3))
+    y, saved, h = nn.layer_norm(x, residual=r)
+    y2, saved2 = nn.layer_norm(x + r)
+    np.testing.assert_array_equal(y, y2)
+    np.testing.assert_array_equal(
+        nn.layer_norm_backward(dy, h, saved)[0], nn.layer_norm_backward(dy, h, saved2)[0]
+    )
+
+
+def test_residual_of_float16_adds_in_float16_then_normalizes(rng):
+    x, r = normal(rng, (5, 33), np.float16), normal(rng, (5, 33), np.float16)
+    y, saved, h = nn.rms_norm(x, residual=r)
+    assert h.dtype == y.dtype == np.float16
+    np.testing.assert_array_equal(h, x + r)
+    np.testing.assert_array_equal(y, nn.rms_norm(x + r)[0])
+
+
+def test_residual_and_dh_are_checked(rng):
+    x = normal(rng, (4, 8), np.float32)
+    with pytest.raises(ValueError, match="residual must have the shape"):
+        nn.layer_norm(x, residual=np.zeros((4, 7), np.float32))
+    with pytest.raises(TypeError, match="residual must have dtype float32"):
+        nn.layer_norm(x, residual=np.zeros((4, 8)))
+    y, saved, h = nn.layer_norm(x, residual=x)
+    with pytest.raises(ValueError, match="dh must have the shape"):
+        nn.layer_norm_backward(x, h, saved, dh=np.zeros((4, 7), np.float32))
+
+
+@pytest.mark.parametrize("layer", ["LayerNorm", "RMSNorm"])
+def test_row_norm_layers_fuse_the_residual(layer, rng):
+    x, r, dy, dh = (normal(rng, (6, 5, 8), np.float64) for _ in range(4))
+    a = getattr(nn, layer)(8, dtype=np.float64)
+    b = getattr(nn, layer)(8, dtype=np.float64)
+    y, h = a(x, residual=r)
+    np.testing.assert_array_equal(h, x + r)
+    assert_close(y, b(x + r), 1e-15)
+    assert_close(a.backward(dy, dh=dh), b.backward(dy) + dh, 1e-14)
+    assert_close(a.grads["weight"], b.grads["weight"], 1e-14)

@@ -201,12 +201,33 @@ def row_forward_steps(kshape, dtype, center):
 
 
 @memory.cache(maxsize=64)
+def row_forward_residual_steps(kshape, dtype, center):
+    """:func:`row_forward_steps` of ``h = x + residual``: ``steps(xk, rk, hk,
+    yk, weight, bias, eps) -> (mean, rstd)`` writes ``hk`` and ``yk``."""
+    rows, length = kshape
+    kernel = row_kernels.row_forward_residual
+    elements = rows * length
+
+    def steps(xk, rk, hk, yk, weight, bias, eps):
+        mean = np.empty(rows)
+        rstd = np.empty(rows)
+        kernel.for_size(elements)(
+            xk, rk, _row_param(weight, length, 1.0, dtype), _row_param(bias, length, 0.0, dtype),
+            eps, center, hk, yk, mean, rstd,
+        )
+        return mean, rstd
+
+    return steps
+
+
+@memory.cache(maxsize=64)
 def row_backward_steps(kshape, dtype, center, param_grads, weight_dtype):
     """Backward of :func:`row_forward_steps` for kernel arrays of shape
     ``kshape`` and ``dtype`` and a weight of ``weight_dtype`` (None without
-    one): ``steps(dyk, xk, dxk, (mean, rstd), weight) -> (dweight, dbias)``
-    writes dx into ``dxk`` and returns the float64 sums stored in the
-    weight's dtype when that is float32 or float64 (or Nones)."""
+    one): ``steps(dyk, xk, dxk, (mean, rstd), weight, dhk=None) -> (dweight,
+    dbias)`` writes dx (plus ``dhk``, a kernel view, when given) into ``dxk``
+    and returns the float64 sums stored in the weight's dtype when that is
+    float32 or float64 (or Nones)."""
     rows, length = kshape
     rows_per_block, nblocks = _blocks(rows, MAX_ROW_BLOCKS, MIN_ROWS_PER_BLOCK)
     part_shape = (nblocks, length if param_grads else 0)
@@ -219,7 +240,10 @@ def row_backward_steps(kshape, dtype, center, param_grads, weight_dtype):
     else:
         grad_dtype = np.dtype(np.float64)
 
-    def steps(dyk, xk, dxk, stats, weight):
+    no_dh = np.empty((0, length), dtype)  # read-only, as a kernel view of dh is
+    no_dh.setflags(write=False)
+
+    def steps(dyk, xk, dxk, stats, weight, dhk=None):
         mean, rstd = stats
         dw_part = np.empty(part_shape)
         db_part = np.empty(part_shape)
@@ -228,7 +252,7 @@ def row_backward_steps(kshape, dtype, center, param_grads, weight_dtype):
         kernel.for_size(elements)(
             dyk, xk, coefficients(mean), coefficients(rstd),
             _row_param(weight, length, 1.0, dtype), center, param_grads,
-            rows_per_block, dxk, dw_part, db_part, dweight, dbias,
+            rows_per_block, no_dh if dhk is None else dhk, dxk, dw_part, db_part, dweight, dbias,
         )
         if not param_grads:
             return None, None

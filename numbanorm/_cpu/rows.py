@@ -86,6 +86,29 @@ def row_forward(x, weight, bias, eps, center, y, mean, rstd):
         _normalize_rows(x, weight, bias, eps, center, r0, r1, y, mean, rstd)
 
 
+@helper
+def _add_and_normalize_rows(x, residual, weight, bias, eps, center, r0, r1, h, y, mean, rstd):
+    """Rows ``r0:r1`` of :func:`row_forward_residual`, one row at a time."""
+    for r in range(r0, r1):
+        for j in range(x.shape[1]):
+            h[r, j] = x[r, j] + residual[r, j]
+        _normalize_rows(h, weight, bias, eps, center, r, r + 1, y, mean, rstd)
+
+
+@kernel
+def row_forward_residual(x, residual, weight, bias, eps, center, h, y, mean, rstd):
+    """:func:`row_forward` of ``h = x + residual`` (added in ``x``'s dtype, as
+    NumPy would), which is written to ``h`` too: each row is added, then
+    normalized while it is in cache, so memory is read and written once.
+    The tasks are :func:`row_forward`'s."""
+    rows = x.shape[0]
+    for task in prange((rows + FORWARD_ROWS_PER_TASK - 1) // FORWARD_ROWS_PER_TASK):
+        t = np.int64(task)  # signed in both builds (see kernel)
+        r0 = t * FORWARD_ROWS_PER_TASK
+        r1 = min(rows, r0 + FORWARD_ROWS_PER_TASK)
+        _add_and_normalize_rows(x, residual, weight, bias, eps, center, r0, r1, h, y, mean, rstd)
+
+
 @helper(inline=True)
 def _row_dx_coefficients(dy, x, weight, r, mu, rs, center):
     """Row ``r``'s ``hi``, ``lo`` (its mean split), ``rstd`` in ``x``'s dtype,
@@ -110,11 +133,17 @@ def _row_dx_coefficients(dy, x, weight, r, mu, rs, center):
 
 
 @helper(inline=True)
-def _row_dx(dy, x, weight, r, hi, lo, rs_x, cg, cgx, dx):
-    """``dx`` of row ``r`` (see :func:`row_backward`)."""
-    for j in range(x.shape[1]):
-        xh = ((x[r, j] - hi) - lo) * rs_x
-        dx[r, j] = rs_x * (dy[r, j] * weight[j] - cg - xh * cgx)
+def _row_dx(dy, x, weight, r, hi, lo, rs_x, cg, cgx, dh, dx):
+    """``dx`` of row ``r`` (see :func:`row_backward`), plus ``dh``'s row when
+    ``dh`` has rows."""
+    if dh.shape[0] == 0:
+        for j in range(x.shape[1]):
+            xh = ((x[r, j] - hi) - lo) * rs_x
+            dx[r, j] = rs_x * (dy[r, j] * weight[j] - cg - xh * cgx)
+    else:
+        for j in range(x.shape[1]):
+            xh = ((x[r, j] - hi) - lo) * rs_x
+            dx[r, j] = rs_x * (dy[r, j] * weight[j] - cg - xh * cgx) + dh[r, j]
 
 
 @helper(inline=True)
@@ -169,7 +198,7 @@ def _block_totals(dweight_part, dbias_part, dweight, dbias):
 
 @helper
 def _backward_block(
-    dy, x, mean, rstd, weight, center, param_grads, rows_per_block, k, dx,
+    dy, x, mean, rstd, weight, center, param_grads, rows_per_block, k, dh, dx,
     dweight_part, dbias_part,
 ):
     """Block ``k`` of :func:`row_backward` (a helper of its own so that both
@@ -199,7 +228,7 @@ def _backward_block(
             his[r - r0], los[r - r0], rss[r - r0] = hi, lo, rs_x
             cgs[r - r0], cgxs[r - r0] = cg, cgx
             if not fused:
-                _row_dx(dy, x, weight, r, hi, lo, rs_x, cg, cgx, dx)
+                _row_dx(dy, x, weight, r, hi, lo, rs_x, cg, cgx, dh, dx)
         if not param_grads:
             continue
         if not four:
@@ -236,6 +265,10 @@ def _backward_block(
             d4[3, j] = s3 * (g3 * wj - c3 - xh3 * e3)
             dw[j] += np.float64((g0 * xh0 + g1 * xh1) + (g2 * xh2 + g3 * xh3))
             db[j] += np.float64((g0 + g1) + (g2 + g3))
+        if dh.shape[0] != 0:  # the four rows' dx are still in cache
+            for r in range(r0, r1):
+                for j in range(n):
+                    dx[r, j] += dh[r, j]
     if param_grads:
         dweight_part[k, :] = dw
         dbias_part[k, :] = db
@@ -243,8 +276,8 @@ def _backward_block(
 
 @kernel
 def row_backward(
-    dy, x, mean, rstd, weight, center, param_grads, rows_per_block, dx, dweight_part, dbias_part,
-    dweight, dbias,
+    dy, x, mean, rstd, weight, center, param_grads, rows_per_block, dh, dx, dweight_part,
+    dbias_part, dweight, dbias,
 ):
     """Gradient of :func:`row_forward` with respect to ``x`` (and the affine).
 
@@ -254,13 +287,15 @@ def row_backward(
     ``rows_per_block`` rows writes its float64 sums of ``dy * xhat`` and ``dy``
     to ``dweight_part[k]`` and ``dbias_part[k]``, and :func:`_block_totals`
     adds the blocks in order into ``dweight`` and ``dbias``, so the result
-    does not depend on the thread count.
+    does not depend on the thread count. A ``dh`` with rows (the gradient
+    reaching ``x`` by another path, as a residual's) is added to ``dx`` in
+    the same pass; give it 0 rows for none.
     """
     rows = x.shape[0]
     for task in prange((rows + rows_per_block - 1) // rows_per_block):
         k = np.int64(task)  # signed in both builds (see kernel)
         _backward_block(
-            dy, x, mean, rstd, weight, center, param_grads, rows_per_block, k, dx,
+            dy, x, mean, rstd, weight, center, param_grads, rows_per_block, k, dh, dx,
             dweight_part, dbias_part,
         )
     if param_grads:

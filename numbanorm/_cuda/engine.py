@@ -15,6 +15,7 @@ from .arrays import param
 from .channels import channel_affine, channel_backward_apply, channel_grad_sums, channel_moments
 from .rows import row_backward as _row_backward
 from .rows import row_forward as _row_forward
+from .rows import row_forward_residual as _row_forward_residual
 from .rows import row_scale_backward, row_scale_forward
 from .target import SIMULATOR, empty
 
@@ -94,17 +95,32 @@ def row_forward(xk, weight, bias, eps, center, yk):
     return mean, rstd
 
 
-def row_backward(dyk, xk, mean, rstd, weight, center, param_grads, dxk):
-    """dx into ``dxk``; returns float64 ``(dweight, dbias)`` sums (or Nones)."""
+def row_forward_residual(xk, rk, hk, weight, bias, eps, center, yk):
+    """:func:`row_forward` of ``h = x + residual``, written to ``hk`` too."""
+    rows, length = xk.shape
+    mean = empty((rows,), np.float64)
+    rstd = empty((rows,), np.float64)
+    _row_forward_residual(
+        xk, rk, param(weight, length, 1.0, xk.dtype), param(bias, length, 0.0, xk.dtype),
+        eps, center, hk, yk, mean, rstd,
+    )
+    return mean, rstd
+
+
+def row_backward(dyk, xk, mean, rstd, weight, center, param_grads, dxk, dhk=None):
+    """dx (plus ``dhk`` when given) into ``dxk``; returns float64 ``(dweight,
+    dbias)`` sums (or Nones)."""
     rows, length = xk.shape
     rows_per_block = max(MIN_ROWS_PER_BLOCK, -(-rows // MAX_ROW_BLOCKS))
     nblocks = -(-rows // rows_per_block)
     part_shape = (nblocks, length) if param_grads else (1, 1)
     dw_part = empty(part_shape, np.float64)
     db_part = empty(part_shape, np.float64)
+    if dhk is None:
+        dhk = empty((0, length), xk.dtype)
     _row_backward(
         dyk, xk, mean, rstd, param(weight, length, 1.0, xk.dtype), center, param_grads,
-        rows_per_block, dxk, dw_part, db_part,
+        rows_per_block, dhk, dxk, dw_part, db_part,
     )
     if not param_grads:
         return None, None
@@ -129,8 +145,19 @@ def row_backward_steps(kshape, dtype, center, param_grads, weight_dtype):
     """:func:`row_backward` as ``steps(dyk, xk, dxk, (mean, rstd), weight)``
     (the counterpart of :func:`numbanorm._cpu.engine.row_backward_steps`)."""
 
-    def steps(dyk, xk, dxk, stats, weight):
-        return row_backward(dyk, xk, *stats, weight, center, param_grads, dxk)
+    def steps(dyk, xk, dxk, stats, weight, dhk=None):
+        return row_backward(dyk, xk, *stats, weight, center, param_grads, dxk, dhk)
+
+    return steps
+
+
+def row_forward_residual_steps(kshape, dtype, center):
+    """:func:`row_forward_residual` as ``steps(xk, rk, hk, yk, weight, bias,
+    eps)`` (the counterpart of
+    :func:`numbanorm._cpu.engine.row_forward_residual_steps`)."""
+
+    def steps(xk, rk, hk, yk, weight, bias, eps):
+        return row_forward_residual(xk, rk, hk, weight, bias, eps, center, yk)
 
     return steps
 

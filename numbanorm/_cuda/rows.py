@@ -18,38 +18,56 @@ from .blocks import block_sum2, split_mean
 from .target import THREADS, blocks_for, cuda
 
 
+@cuda.jit(device=True)
+def _normalize_row(x, weight, bias, eps, center, r, y, mean, rstd, sa, sb):
+    """Row ``r`` of :func:`_row_forward`, by the block's threads."""
+    n = x.shape[1]
+    t = cuda.threadIdx.x
+    shift = np.float64(x[r, 0]) if center else 0.0
+    s1 = 0.0
+    s2 = 0.0
+    for j in range(t, n, THREADS):
+        d = np.float64(x[r, j]) - shift
+        s1 += d
+        s2 += d * d
+    s1, s2 = block_sum2(s1, s2, sa, sb)
+    m = s1 / n
+    if center:
+        var = s2 / n - m * m
+        mu = shift + m
+    else:
+        var = s2 / n
+        mu = 0.0
+    if var < 0.0:
+        var = 0.0
+    rs = 1.0 / math.sqrt(var + eps)
+    if t == 0:
+        mean[r] = mu
+        rstd[r] = rs
+    hi, lo = split_mean(x, mu)
+    rs_x = cast_like(x, rs)
+    for j in range(t, n, THREADS):
+        y[r, j] = ((x[r, j] - hi) - lo) * rs_x * weight[j] + bias[j]
+
+
 @cuda.jit
 def _row_forward(x, weight, bias, eps, center, y, mean, rstd):
     sa = cuda.shared.array(THREADS, np.float64)
     sb = cuda.shared.array(THREADS, np.float64)
-    rows, n = x.shape
+    for r in range(cuda.blockIdx.x, x.shape[0], cuda.gridDim.x):
+        _normalize_row(x, weight, bias, eps, center, r, y, mean, rstd, sa, sb)
+
+
+@cuda.jit
+def _row_forward_residual(x, residual, weight, bias, eps, center, h, y, mean, rstd):
+    sa = cuda.shared.array(THREADS, np.float64)
+    sb = cuda.shared.array(THREADS, np.float64)
     t = cuda.threadIdx.x
-    for r in range(cuda.blockIdx.x, rows, cuda.gridDim.x):
-        shift = np.float64(x[r, 0]) if center else 0.0
-        s1 = 0.0
-        s2 = 0.0
-        for j in range(t, n, THREADS):
-            d = np.float64(x[r, j]) - shift
-            s1 += d
-            s2 += d * d
-        s1, s2 = block_sum2(s1, s2, sa, sb)
-        m = s1 / n
-        if center:
-            var = s2 / n - m * m
-            mu = shift + m
-        else:
-            var = s2 / n
-            mu = 0.0
-        if var < 0.0:
-            var = 0.0
-        rs = 1.0 / math.sqrt(var + eps)
-        if t == 0:
-            mean[r] = mu
-            rstd[r] = rs
-        hi, lo = split_mean(x, mu)
-        rs_x = cast_like(x, rs)
-        for j in range(t, n, THREADS):
-            y[r, j] = ((x[r, j] - hi) - lo) * rs_x * weight[j] + bias[j]
+    for r in range(cuda.blockIdx.x, x.shape[0], cuda.gridDim.x):
+        for j in range(t, x.shape[1], THREADS):
+            h[r, j] = x[r, j] + residual[r, j]
+        cuda.syncthreads()  # every thread reads h[r, 0], the shift
+        _normalize_row(h, weight, bias, eps, center, r, y, mean, rstd, sa, sb)
 
 
 def row_forward(x, weight, bias, eps, center, y, mean, rstd):
@@ -60,8 +78,16 @@ def row_forward(x, weight, bias, eps, center, y, mean, rstd):
     )
 
 
+def row_forward_residual(x, residual, weight, bias, eps, center, h, y, mean, rstd):
+    """:func:`row_forward` of ``h = x + residual``, written to ``h`` too (see
+    :func:`numbanorm._cpu.rows.row_forward_residual`)."""
+    _row_forward_residual[blocks_for(x.shape[0] * THREADS), THREADS](
+        x, residual, weight, bias, eps, center, h, y, mean, rstd
+    )
+
+
 @cuda.jit
-def _row_backward_dx(dy, x, mean, rstd, weight, center, dx):
+def _row_backward_dx(dy, x, mean, rstd, weight, center, dh, dx):
     sa = cuda.shared.array(THREADS, np.float64)
     sb = cuda.shared.array(THREADS, np.float64)
     rows, n = x.shape
@@ -80,9 +106,11 @@ def _row_backward_dx(dy, x, mean, rstd, weight, center, dx):
         sg, sgx = block_sum2(sg, sgx, sa, sb)
         cg = cast_like(x, sg / n if center else 0.0)
         cgx = cast_like(x, sgx / n)
+        add_dh = dh.shape[0] != 0
         for j in range(t, n, THREADS):
             xh = ((x[r, j] - hi) - lo) * rs_x
-            dx[r, j] = rs_x * (dy[r, j] * weight[j] - cg - xh * cgx)
+            d = rs_x * (dy[r, j] * weight[j] - cg - xh * cgx)
+            dx[r, j] = d + dh[r, j] if add_dh else d
 
 
 @cuda.jit
@@ -106,11 +134,15 @@ def _row_param_partials(dy, x, mean, rstd, rows_per_block, dweight_part, dbias_p
 
 
 def row_backward(
-    dy, x, mean, rstd, weight, center, param_grads, rows_per_block, dx, dweight_part, dbias_part
+    dy, x, mean, rstd, weight, center, param_grads, rows_per_block, dh, dx, dweight_part,
+    dbias_part,
 ):
-    """Gradient of :func:`row_forward` (see :func:`numbanorm._cpu.rows.row_backward`)."""
+    """Gradient of :func:`row_forward` (see :func:`numbanorm._cpu.rows.row_backward`),
+    plus ``dh`` when it has rows."""
     rows, n = x.shape
-    _row_backward_dx[blocks_for(rows * THREADS), THREADS](dy, x, mean, rstd, weight, center, dx)
+    _row_backward_dx[blocks_for(rows * THREADS), THREADS](
+        dy, x, mean, rstd, weight, center, dh, dx
+    )
     if param_grads:
         _row_param_partials[blocks_for(dweight_part.size), THREADS](
             dy, x, mean, rstd, rows_per_block, dweight_part, dbias_part

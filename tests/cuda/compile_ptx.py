@@ -40,7 +40,8 @@ def signatures():
         A1, A2, A4 = arr(dt, 1), arr(dt, 2), arr(dt, 4)
         sigs += [
             (rows._row_forward, (A2, A1, A1, f64, b, A2, D1, D1)),
-            (rows._row_backward_dx, (A2, A2, D1, D1, A1, b, A2)),
+            (rows._row_forward_residual, (A2, A2, A1, A1, f64, b, A2, A2, D1, D1)),
+            (rows._row_backward_dx, (A2, A2, D1, D1, A1, b, A2, A2)),
             (rows._row_param_partials, (A2, A2, D1, D1, i64, D2, D2)),
             (rows._row_scale_forward, (A2, D1, A2, D1)),
             (rows._row_scale_backward, (A2, A2, D1, D1, A2, D1)),

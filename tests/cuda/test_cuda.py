@@ -221,6 +221,24 @@ def test_an_empty_batch_in_eval_mode_gives_an_empty_result_on_the_device():
         assert_close(host(dw), np.zeros(3, np.float32), np.float32)
 
 
+@pytest.mark.parametrize("norm", ["layer", "rms"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_residual_add_equals_the_cpu_back_end(norm, dtype, rng):
+    x, r, dy, dh = (data(rng, (5, 37), dtype) for _ in range(4))
+    w = data(rng, (37,), dtype)
+    f = nn.layer_norm if norm == "layer" else nn.rms_norm
+    b = nn.layer_norm_backward if norm == "layer" else nn.rms_norm_backward
+    y, saved, h = f(dev(x), weight=dev(w), residual=dev(r))
+    y_cpu, saved_cpu, h_cpu = f(x, weight=w, residual=r)
+    assert_on_device(y, h)
+    assert_close(host(h), h_cpu, dtype)
+    assert_close(host(y), y_cpu, dtype)
+    dx, dw = b(dev(dy), h, saved, weight=dev(w), dh=dev(dh))[:2]
+    dx_cpu, dw_cpu = b(dy, h_cpu, saved_cpu, weight=w, dh=dh)[:2]
+    assert_close(host(dx), dx_cpu, dtype)
+    assert_close(host(dw), dw_cpu, dtype)
+
+
 def test_strided_and_transposed_device_input(rng):
     base = data(rng, (6, 40), np.float32, offset=5.0)
     d_base = dev(base)
