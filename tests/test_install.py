@@ -94,5 +94,5 @@ def test_the_sdist_carries_what_its_tests_need(tmp_path):
     with tarfile.open(tmp_path / name) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
     for needed in ("LICENSE", "numbanorm/py.typed", "tests/conftest.py", "tests/helpers.py",
-                   "tests/reference.py", "tests/test_contract.py"):
+                   "tests/reference.py", "tests/test_contract.py", "examples/conv_norms.py"):
         assert needed in names, needed
