@@ -63,3 +63,26 @@ def test_each_library_is_timed_in_blocks_after_a_pause_each_first_in_half(monkey
     assert [b[0] for b in blocks] == list("otf" "tof" "otf" "tof")
     assert all(p == bench.SETTLE_S > 0 for p in pauses)
     assert timed.count("ours") == timed.count("theirs") == timed.count("floor")
+
+
+def _run(*ratios):
+    return [{"norm": "layer", "layout": "rows", "shape": [8, 64], "direction": d, "ratio": r}
+            for d, r in zip(("fwd", "bwd"), ratios)]
+
+
+def test_runs_combine_into_medians(capsys):
+    runs = [_run(1.0, 4.0), _run(3.0, 2.0), _run(2.0, 8.0)]
+    rows = bench.combine(runs)
+    assert rows == [("layer rows 8x64 fwd", [1.0, 3.0, 2.0]),
+                    ("layer rows 8x64 bwd", [4.0, 2.0, 8.0])]
+    bench.print_combined(rows)
+    out = capsys.readouterr().out
+    assert "2.00x" in out and "4.00x" in out  # the medians
+    assert "geometric mean of the medians: 2.83x" in out
+
+
+def test_the_chart_of_several_runs_is_drawn(tmp_path):
+    pytest.importorskip("matplotlib")  # the bench extra's, not the test extra's
+    path = tmp_path / "chart.png"
+    bench.plot([_run(1.0, 4.0), _run(3.0, 2.0), _run(2.0, 8.0)], str(path))
+    assert path.stat().st_size > 0
