@@ -82,7 +82,7 @@ def test_runs_combine_into_medians(capsys):
 
 
 def test_the_chart_of_several_runs_is_drawn(tmp_path):
-    pytest.importorskip("matplotlib")  # the bench extra's, not the test extra's
+    pytest.importorskip("matplotlib")
     path = tmp_path / "chart.png"
     bench.plot([_run(1.0, 4.0), _run(3.0, 2.0), _run(2.0, 8.0)], str(path))
     assert path.stat().st_size > 0
