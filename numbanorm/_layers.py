@@ -181,7 +181,17 @@ def _check_trailing_shape(x, normalized_shape):
 
 
 class _RowNorm(_Layer):
-    """Layer and RMS norm: a residual add fused into the norm."""
+    """Layer and RMS norm over the trailing ``normalized_shape`` dimensions,
+    with a residual add fused into the norm. Subclasses set ``_function``
+    and ``_backward_function``; their parameters are ``_param_names``."""
+
+    def _norm(self, x, residual=None):
+        _check_trailing_shape(x, self.normalized_shape)
+        params = {name: getattr(self, name) for name in self._param_names}
+        return self._function(x, **params, axis=self.axis, eps=self.eps, residual=residual)
+
+    def _norm_backward(self, dy, x, saved, dh=None):
+        return self._backward_function(dy, x, saved, weight=self.weight, axis=self.axis, dh=dh)
 
     def forward(self, x: ArrayLike, residual: Optional[ArrayLike] = None):
         """Normalize ``x`` and return ``y``; with ``residual``, normalize
@@ -189,11 +199,7 @@ class _RowNorm(_Layer):
         :meth:`backward` needs."""
         if residual is None:
             return super().forward(x)
-        _check_trailing_shape(x, self.normalized_shape)
-        y, saved, h = self._function(
-            x, weight=self.weight, **self._bias_kwargs(), axis=self.axis, eps=self.eps,
-            residual=residual,
-        )
+        y, saved, h = self._norm(x, residual)
         self._saved = (h, saved)
         return y, h
 
@@ -202,14 +208,13 @@ class _RowNorm(_Layer):
         residual forward), plus ``dh``, the gradient reaching ``h`` by the
         residual path, when given; store the parameters' gradients in
         ``grads``."""
-        if dh is None:
-            return super().backward(dy)
         x, saved = self._require_forward()
-        dx, *param_grads = self._backward_function(
-            dy, x, saved, weight=self.weight, axis=self.axis, dh=dh
-        )
+        dx, *param_grads = self._norm_backward(dy, x, saved, dh)
         self._store_grads(**dict(zip(self._param_names, param_grads)))
         return dx
+
+    def _describe(self):
+        return f"{self.normalized_shape}, eps={self.eps}"
 
 
 class LayerNorm(_RowNorm):
@@ -250,19 +255,6 @@ class LayerNorm(_RowNorm):
     _function = staticmethod(layer_norm)
     _backward_function = staticmethod(layer_norm_backward)
 
-    def _bias_kwargs(self):
-        return {"bias": self.bias}
-
-    def _norm(self, x):
-        _check_trailing_shape(x, self.normalized_shape)
-        return layer_norm(x, weight=self.weight, bias=self.bias, axis=self.axis, eps=self.eps)
-
-    def _norm_backward(self, dy, x, saved):
-        return layer_norm_backward(dy, x, saved, weight=self.weight, axis=self.axis)
-
-    def _describe(self):
-        return f"{self.normalized_shape}, eps={self.eps}"
-
 
 class RMSNorm(_RowNorm):
     """RMS normalization over the trailing ``normalized_shape`` dimensions.
@@ -295,19 +287,6 @@ class RMSNorm(_RowNorm):
 
     _function = staticmethod(rms_norm)
     _backward_function = staticmethod(rms_norm_backward)
-
-    def _bias_kwargs(self):
-        return {}
-
-    def _norm(self, x):
-        _check_trailing_shape(x, self.normalized_shape)
-        return rms_norm(x, weight=self.weight, axis=self.axis, eps=self.eps)
-
-    def _norm_backward(self, dy, x, saved):
-        return rms_norm_backward(dy, x, saved, weight=self.weight, axis=self.axis)
-
-    def _describe(self):
-        return f"{self.normalized_shape}, eps={self.eps}"
 
 
 class _RunningStatsNorm(_Layer):
