@@ -7,6 +7,7 @@ from typing import Optional
 import numpy as np
 
 from ._layout import (
+    dask_dispatch,
     as_array,
     backward,
     as_input,
@@ -96,6 +97,7 @@ def _check_running_pair(training, momentum, running_mean, running_var, channels,
     return running_mean, running_var
 
 
+@dask_dispatch
 def batch_norm(
     x: ArrayLike,
     *,
@@ -217,6 +219,7 @@ def _batch_forward_steps(engine, kshape, training):
     return steps
 
 
+@dask_dispatch
 def batch_norm_backward(
     dy: ArrayLike, x: ArrayLike, saved: NormStats, *, weight: Optional[ArrayLike] = None,
     axis: int = 1,
@@ -368,6 +371,7 @@ def _grouped_backward(dy, x, saved, weight, axis, per_channel):
     return backward(key, engine, view, dtype, result, steps, statistics, grads, dy, x, saved, (w,))
 
 
+@dask_dispatch
 def group_norm(
     x: ArrayLike, num_groups: int, *, weight: Optional[ArrayLike] = None,
     bias: Optional[ArrayLike] = None, axis: int = 1, eps: float = 1e-5,
@@ -410,6 +414,7 @@ def group_norm(
     return _grouped_forward(x, num_groups, weight, bias, axis, eps, out, per_channel=False)
 
 
+@dask_dispatch
 def group_norm_backward(
     dy: ArrayLike, x: ArrayLike, saved: NormStats, *, weight: Optional[ArrayLike] = None,
     axis: int = 1,
@@ -445,6 +450,7 @@ def group_norm_backward(
     return _grouped_backward(dy, x, saved, weight, axis, per_channel=False)
 
 
+@dask_dispatch
 def instance_norm(
     x: ArrayLike,
     *,
@@ -528,6 +534,7 @@ def instance_norm(
     return y, saved
 
 
+@dask_dispatch
 def instance_norm_backward(
     dy: ArrayLike, x: ArrayLike, saved: NormStats, *, weight: Optional[ArrayLike] = None,
     axis: int = 1,

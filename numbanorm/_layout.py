@@ -53,6 +53,30 @@ def engine_for(device):
     return engine
 
 
+def is_dask_array(a):
+    """Whether ``a`` is a ``dask.array.Array`` (known without importing Dask)."""
+    cls = type(a)
+    return cls.__name__ == "Array" and cls.__module__.startswith("dask.array")
+
+
+def dask_dispatch(function):
+    """The Dask dispatch, beside :func:`engine_for`: a public function whose
+    ``x`` (or backward's ``dy`` or ``x``) is a Dask array runs its twin in
+    :mod:`numbanorm._dask.norms`, which builds a graph of CPU-kernel calls."""
+    name = function.__name__
+
+    @functools.wraps(function)
+    def dispatch(*args, **kwargs):
+        for a in args[:2]:
+            if type(a) is not np.ndarray and is_dask_array(a):
+                from ._dask import norms
+
+                return getattr(norms, name)(*args, **kwargs)
+        return function(*args, **kwargs)
+
+    return dispatch
+
+
 def _target():
     from ._cuda import target
 

@@ -7,6 +7,7 @@ import numpy as np
 from ._cpu import engine
 from ._types import ArrayLike, Axis
 from ._layout import (
+    dask_dispatch,
     as_array,
     is_device_array,
     compute_dtype,
@@ -104,6 +105,7 @@ class Moments(NamedTuple):
         return total
 
 
+@dask_dispatch
 def moments(x: ArrayLike, axis: Optional[Axis] = None) -> "Moments":
     r"""Count, mean and sum of squared deviations of ``x`` over ``axis``.
 

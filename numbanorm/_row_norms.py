@@ -5,6 +5,7 @@ from typing import Optional, Union
 import numpy as np
 
 from ._layout import (
+    dask_dispatch,
     as_input,
     backward,
     check_eps,
@@ -134,6 +135,7 @@ def _backward(dy, x, saved, weight, axis, center, has_bias, dh=None):
     return backward(key, engine, view, dtype, result, steps, statistics, grads, dy, x, saved, params)
 
 
+@dask_dispatch
 def layer_norm(
     x: ArrayLike, *, weight: Optional[ArrayLike] = None, bias: Optional[ArrayLike] = None,
     axis: Axis = -1, eps: float = 1e-5, out: Optional[Array] = None,
@@ -182,6 +184,7 @@ def layer_norm(
     return _forward(x, weight, bias, axis, eps, out, center=True, residual=residual)
 
 
+@dask_dispatch
 def layer_norm_backward(
     dy: ArrayLike, x: ArrayLike, saved: NormStats, *, weight: Optional[ArrayLike] = None,
     axis: Axis = -1, dh: Optional[ArrayLike] = None,
@@ -229,6 +232,7 @@ def layer_norm_backward(
     return _backward(dy, x, saved, weight, axis, center=True, has_bias=bool(saved.has_bias), dh=dh)
 
 
+@dask_dispatch
 def rms_norm(
     x: ArrayLike, *, weight: Optional[ArrayLike] = None, axis: Axis = -1,
     eps: Optional[float] = None, out: Optional[Array] = None,
@@ -274,6 +278,7 @@ def rms_norm(
     return _forward(x, weight, None, axis, eps, out, center=False, residual=residual)
 
 
+@dask_dispatch
 def rms_norm_backward(
     dy: ArrayLike, x: ArrayLike, saved: NormStats, *, weight: Optional[ArrayLike] = None,
     axis: Axis = -1, dh: Optional[ArrayLike] = None,

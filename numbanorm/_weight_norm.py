@@ -4,6 +4,7 @@ import functools
 
 from typing import Optional
 from ._layout import (
+    dask_dispatch,
     as_array,
     as_input,
     backward,
@@ -60,6 +61,7 @@ def _prepare(v, g, axis):
     return v, engine, device, result, dtype, g, view, stat_shape
 
 
+@dask_dispatch
 def weight_norm(
     v: ArrayLike, g: ArrayLike, *, axis: Optional[int] = 0
 ) -> tuple[Array, NormStats]:
@@ -106,6 +108,7 @@ def weight_norm(
     return forward(key, engine, view, dtype, result, steps, saved, v, (g,), None)
 
 
+@dask_dispatch
 def weight_norm_backward(
     dw: ArrayLike, v: ArrayLike, g: ArrayLike, saved: NormStats, *, axis: Optional[int] = 0
 ) -> tuple[Array, Array]:

@@ -363,6 +363,54 @@ def group_backward(dyk, xk, mean, rstd, weight, batch_stats, param_grads, dxk):
     return dweight, dbias
 
 
+# The backward of grouped statistics in its three steps, for the Dask engine
+# (numbanorm._dask), whose sums come from many blocks: sums per block, the
+# coefficients from the sums of all blocks, dx per block. Host only.
+
+
+def group_grad_sums(dyk, xk, mean):
+    """Float64 sums of ``dy`` and of ``dy * (x - mean[n, g])`` per ``(n, c)``
+    of an ``(N, P, C, Q)`` view: ``(sum_dy, sum_dy_xc)``, each ``(N, C)``."""
+    n, _, c, _ = xk.shape
+    chunk, nchunks = _p_chunk(xk.shape)
+    a_part = np.empty((n, nchunks, c))
+    b_part = np.empty((n, nchunks, c))
+    channel_kernels.channel_grad_sums.for_size(xk.size)(
+        dyk, xk, coefficients(mean), chunk, a_part, b_part
+    )
+    return a_part.sum(axis=1), b_part.sum(axis=1)
+
+
+def group_backward_coefficients(sum_dy, sum_dy_xc, weight, rstd, count, batch_stats):
+    """From the sums of :func:`group_grad_sums` over all of x: ``beta``,
+    ``gamma`` per ``(n, group)`` of ``dx = rstd*weight[c]*dy + beta*(x - mean)
+    + gamma`` (zeros unless ``batch_stats``), ``count`` values per group, and
+    ``dweight``, ``dbias`` of shape ``(C,)`` (see :func:`group_backward`)."""
+    n, c = sum_dy.shape
+    groups = rstd.shape[1]
+    beta = np.empty((n, groups))
+    gamma = np.empty((n, groups))
+    dweight = np.empty(c)
+    dbias = np.empty(c)
+    channel_kernels.channel_backward_coefficients.serial(
+        coefficients(sum_dy).reshape(n, 1, c), coefficients(sum_dy_xc).reshape(n, 1, c),
+        _param(weight, c, 1.0), coefficients(rstd), int(count), bool(batch_stats),
+        beta, gamma, dweight, dbias,
+    )
+    return beta, gamma, dweight, dbias
+
+
+def group_backward_apply(dyk, xk, mean, rstd, weight, beta, gamma, dxk):
+    """``dx = rstd*weight[c]*dy + beta*(x - mean) + gamma`` into ``dxk``, the
+    statistics and coefficients per ``(n, group)``."""
+    c = xk.shape[2]
+    chunk, _ = _p_chunk(xk.shape)
+    channel_kernels.channel_backward_apply.for_size(xk.size)(
+        dyk, xk, coefficients(mean), coefficients(rstd), _param(weight, c, 1.0),
+        coefficients(beta), coefficients(gamma), chunk, dxk,
+    )
+
+
 @memory.cache(maxsize=64)
 def sample_forward_steps(kshape, groups):
     """Group/instance norm forward for kernel arrays of shape ``kshape``:
