@@ -20,7 +20,7 @@ from ._grouped_norms import (
     instance_norm,
     instance_norm_backward,
 )
-from ._layout import check_eps, is_float, normalize_axis, not_masked
+from ._layout import check_eps, is_dask_array, is_float, normalize_axis, not_masked
 from ._moments import Moments, moments
 from ._row_norms import layer_norm, layer_norm_backward, rms_norm, rms_norm_backward
 from ._types import Array, ArrayLike
@@ -574,8 +574,11 @@ def precise_batch_norm_stats(layer: BatchNorm, batches: Iterable[ArrayLike]) -> 
     ----------
     layer : BatchNorm
         A layer with ``track_running_stats=True``.
-    batches : iterable of array_like
-        The layer's inputs, batch by batch.
+    batches : iterable of array_like, or a Dask array
+        The layer's inputs, batch by batch. Dask batches are reduced where
+        they live, in one pass over the data, each chunk's moments merged
+        exactly; a Dask array itself (not in a list) is the whole dataset,
+        one batch, not iterated as a NumPy array would be.
 
     Returns
     -------
@@ -584,9 +587,17 @@ def precise_batch_norm_stats(layer: BatchNorm, batches: Iterable[ArrayLike]) -> 
     """
     if not isinstance(layer, BatchNorm) or not layer.track_running_stats:
         raise TypeError("precise_batch_norm_stats needs a BatchNorm with track_running_stats=True")
+    if is_dask_array(batches):
+        batches = [batches]
     total = None
+    lazy = False
     for index, batch in enumerate(batches):
-        batch = not_masked(batch, "batch") if isinstance(batch, np.ndarray) else np.asarray(batch)
+        if is_dask_array(batch):
+            lazy = True
+        elif isinstance(batch, np.ndarray):
+            batch = not_masked(batch, "batch")
+        else:
+            batch = np.asarray(batch)
         axis = normalize_axis(layer.axis, batch.ndim, "the layer's axis")
         if batch.shape[axis] != layer.num_features:
             raise ValueError(
@@ -598,6 +609,10 @@ def precise_batch_norm_stats(layer: BatchNorm, batches: Iterable[ArrayLike]) -> 
         total = m if total is None else total.merge(m)
     if total is None:
         raise ValueError("batches is empty")
+    if lazy:  # Dask batches: every batch's moments in one pass, merged in float64
+        import dask
+
+        total = Moments(total.count, *dask.compute(total.mean, total.m2))
     if total.count < 2:
         raise ValueError("need more than one value per channel")
     layer.running_mean[...] = total.mean

@@ -485,16 +485,23 @@ def _grouped_forward(x, groups, weight, bias, axis, eps, out, per_channel, stats
         mean, rstd = (_part(tuples, i, group_chunks, np.float64) for i in (1, 2))
     else:
         parts = _group_moments(x, axis, groups)
-        if stats_now:
+        if stats_now:  # one pass now; the statistics go on as NumPy arrays
             parts = parts.compute()
-        mean = parts["mean"]
-        rstd = blocks.rstd(parts, eps, True) if stats_now else parts.map_blocks(
-            blocks.rstd, eps, True, dtype=np.float64, meta=_meta(x.ndim, np.float64)
-        )
+            saved = NormStats(parts["mean"].reshape(n, groups),
+                              blocks.rstd(parts, eps, True).reshape(n, groups), True,
+                              bias is not None)
+            mean, rstd = (da.from_array(np.reshape(a, parts.shape), chunks=group_chunks)
+                          for a in saved[:2])
+        else:
+            mean = parts["mean"]
+            rstd = parts.map_blocks(
+                blocks.rstd, eps, True, dtype=np.float64, meta=_meta(x.ndim, np.float64)
+            )
         y = _apply(x, _per_channel(mean, x, axis, groups), _per_channel(rstd, x, axis, groups),
                    w, b, layout, result)
-    squeeze = (lambda a: a.reshape(n, groups))
-    return y, NormStats(squeeze(mean), squeeze(rstd), True, bias is not None)
+        if stats_now:
+            return y, saved
+    return y, NormStats(mean.reshape(n, groups), rstd.reshape(n, groups), True, bias is not None)
 
 
 def _grouped_block_forward(x, weight, bias, axis, cg, eps, reduced):

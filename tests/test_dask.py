@@ -1,0 +1,299 @@
+"""Dask arrays on a real dask.distributed cluster: every norm equals its
+in-memory result, whatever the chunking; statistics are computed when the
+docs say; bad input gets the NumPy errors before any graph is built."""
+
+import threading
+
+import numpy as np
+import pytest
+
+import numbanorm as nn
+
+da = pytest.importorskip("dask.array")
+dask = pytest.importorskip("dask")
+distributed = pytest.importorskip("distributed")
+
+SHAPE = (8, 6, 5, 4)
+#: Chunkings of SHAPE: none split, then each axis split (the batch axis, the
+#: channel axis across groups of 2 and 3, the spatial axes), then all of them.
+CHUNKINGS = [SHAPE, (3, 6, 5, 4), (8, 4, 5, 4), (8, 6, 3, 2), (4, 4, 3, 2)]
+
+
+@pytest.fixture(scope="module")
+def client():
+    """A LocalCluster of 2 worker processes, one thread each."""
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+    ) as cluster, distributed.Client(cluster) as client:
+        yield client
+
+
+def _data(dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(3.0, 2.0, SHAPE).astype(dtype)
+    dy = rng.normal(size=SHAPE).astype(dtype)
+    return rng, x, dy
+
+
+def _close(got, want, dtype, what):
+    """float64: 1e-10 relative to the largest value; float32: a few ulps of it."""
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape and got.dtype == want.dtype, (what, got.dtype, want.dtype)
+    scale = max(float(np.max(np.abs(want))), 1e-30)
+    tol = 1e-10 if np.dtype(dtype) == np.float64 else 8 * np.finfo(np.float32).eps
+    err = float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64)))) / scale
+    assert err <= tol, f"{what}: relative error {err:.2e} > {tol:.1e}"
+
+
+def _norm_cases(rng, dtype):
+    """(name, forward(x) -> (y, saved), backward(dy, x, saved) -> grads)."""
+    C = SHAPE[1]
+    w, b = rng.normal(size=C).astype(dtype), rng.normal(size=C).astype(dtype)
+    wl = rng.normal(size=SHAPE[2:]).astype(dtype)
+    bl = rng.normal(size=SHAPE[2:]).astype(dtype)
+    g = rng.random(SHAPE[0]).astype(dtype) + 0.5
+    return [
+        ("layer", lambda x: nn.layer_norm(x, weight=wl, bias=bl, axis=(2, 3)),
+         lambda dy, x, s: nn.layer_norm_backward(dy, x, s, weight=wl, axis=(2, 3))),
+        ("layer axis 1", lambda x: nn.layer_norm(x, axis=1),
+         lambda dy, x, s: nn.layer_norm_backward(dy, x, s, axis=1)),
+        ("rms", lambda x: nn.rms_norm(x, weight=wl[0], axis=-1),
+         lambda dy, x, s: nn.rms_norm_backward(dy, x, s, weight=wl[0], axis=-1)),
+        ("batch", lambda x: nn.batch_norm(x, weight=w, bias=b),
+         lambda dy, x, s: nn.batch_norm_backward(dy, x, s, weight=w)),
+        ("batch NHWC", lambda x: nn.batch_norm(x, weight=wl[0], bias=bl[0], axis=-1),
+         lambda dy, x, s: nn.batch_norm_backward(dy, x, s, weight=wl[0], axis=-1)),
+        ("group 3", lambda x: nn.group_norm(x, 3, weight=w, bias=b),
+         lambda dy, x, s: nn.group_norm_backward(dy, x, s, weight=w)),
+        ("group 2", lambda x: nn.group_norm(x, 2, weight=w),
+         lambda dy, x, s: nn.group_norm_backward(dy, x, s, weight=w)),
+        ("instance", lambda x: nn.instance_norm(x, weight=w, bias=b),
+         lambda dy, x, s: nn.instance_norm_backward(dy, x, s, weight=w)),
+        ("weight", lambda x: nn.weight_norm(x, g, axis=0),
+         lambda dy, x, s: nn.weight_norm_backward(dy, x, g, s, axis=0)),
+    ]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("chunks", CHUNKINGS, ids=lambda c: "x".join(map(str, c)))
+def test_every_norm_on_a_cluster_equals_the_in_memory_function(client, dtype, chunks):
+    rng, x, dy = _data(dtype)
+    xd, dyd = da.from_array(x, chunks=chunks), da.from_array(dy, chunks=chunks)
+    for name, forward, backward in _norm_cases(rng, dtype):
+        y0, saved0 = forward(x)
+        grads0 = backward(dy, x, saved0)
+        y1, saved1 = forward(xd)
+        grads1 = backward(dyd, xd, saved1)
+        assert isinstance(y1, da.Array) and isinstance(grads1[0], da.Array), name
+        stats = [s for s in (saved1.mean, saved1.rstd) if s is not None]
+        y1, *rest = client.compute([y1, *stats, *grads1], sync=True)
+        _close(y1, y0, dtype, f"{name} y")
+        want = [s for s in (saved0.mean, saved0.rstd) if s is not None] + list(grads0)
+        for got, expected, what in zip(rest, want, ["stat"] * len(stats) + ["dx", "dw", "db"]):
+            if expected is None:
+                assert got is None, f"{name} {what}"
+            else:
+                # float32 statistics: a few float32 ulps (the in-memory kernels
+                # may round products in float32; the Dask graph merges float64 moments).
+                tol_dtype = np.float64 if what == "stat" and dtype == np.float64 else dtype
+                _close(got.astype(expected.dtype) if what == "stat" else got, expected,
+                       tol_dtype, f"{name} {what}")
+
+
+def test_results_are_deterministic_for_a_chunking(client):
+    _, x, dy = _data(np.float32)
+    xd = da.from_array(x, chunks=(4, 4, 3, 2))
+    runs = []
+    for _ in range(2):
+        y, saved = nn.group_norm(xd, 3)
+        dx, _, _ = nn.group_norm_backward(dy, xd, saved)
+        runs.append(client.compute([y, dx], sync=True))
+    for a, b in zip(*runs):
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("norm", ["batch", "instance"])
+def test_running_statistics_and_eval_mode_as_for_numpy(client, norm):
+    rng, x, dy = _data(np.float64)
+    function = nn.batch_norm if norm == "batch" else nn.instance_norm
+    backward = nn.batch_norm_backward if norm == "batch" else nn.instance_norm_backward
+    C = SHAPE[1]
+    start = (rng.normal(size=C), rng.random(C) + 0.5)
+    numpy_stats = [a.copy() for a in start]
+    dask_stats = [a.copy() for a in start]
+    xd = da.from_array(x, chunks=(3, 4, 2, 4))
+    for training in (True, False):
+        y0, s0 = function(x, training=training, running_mean=numpy_stats[0],
+                          running_var=numpy_stats[1], momentum=0.3)
+        y1, s1 = function(xd, training=training, running_mean=dask_stats[0],
+                          running_var=dask_stats[1], momentum=0.3)
+        # The running statistics are updated by the call itself, as for NumPy input.
+        np.testing.assert_allclose(dask_stats[0], numpy_stats[0], rtol=1e-12)
+        np.testing.assert_allclose(dask_stats[1], numpy_stats[1], rtol=1e-12)
+        assert s1.training == s0.training
+        dx0, _, _ = backward(dy, x, s0)
+        y1, dx1 = client.compute([y1, backward(dy, xd, s1)[0]], sync=True)
+        _close(y1, y0, np.float64, f"{norm} training={training} y")
+        _close(dx1, dx0, np.float64, f"{norm} training={training} dx")
+
+
+def test_moments_and_precise_batch_norm_stats_on_a_cluster(client):
+    rng = np.random.default_rng(1)
+    x = rng.normal(1e6, 1.0, (64, 3, 10)).astype(np.float32)
+    xd = da.from_array(x, chunks=(7, 2, 10))
+    m0, m1 = nn.moments(x, axis=(0, 2)), nn.moments(xd, axis=(0, 2))
+    assert m1.count == m0.count and isinstance(m1.mean, da.Array)
+    mean, m2 = client.compute([m1.mean, m1.m2], sync=True)
+    np.testing.assert_allclose(mean, m0.mean, rtol=1e-14)
+    np.testing.assert_allclose(m2, m0.m2, rtol=1e-10)
+    layer, in_memory = nn.BatchNorm(3), nn.BatchNorm(3)
+    total = nn.precise_batch_norm_stats(layer, xd)
+    expected = nn.precise_batch_norm_stats(in_memory, [x])
+    assert total.count == expected.count == 640
+    np.testing.assert_allclose(total.mean, expected.mean, rtol=1e-14)
+    np.testing.assert_allclose(total.m2, expected.m2, rtol=1e-10)
+    np.testing.assert_array_equal(layer.running_mean, in_memory.running_mean)
+    np.testing.assert_allclose(layer.running_var, in_memory.running_var, rtol=1e-6)
+    in_batches = nn.BatchNorm(3)
+    nn.precise_batch_norm_stats(in_batches, [xd[:20], xd[20:]])
+    np.testing.assert_allclose(in_batches.running_var, layer.running_var, rtol=1e-6)
+
+
+def test_layers_and_the_fused_residual_take_dask_arrays(client):
+    rng, x, dy = _data(np.float32)
+    r = rng.normal(size=SHAPE).astype(np.float32)
+    xd, rd = da.from_array(x, chunks=(4, 6, 5, 2)), da.from_array(r, chunks=(4, 6, 5, 2))
+    y0, s0, h0 = nn.layer_norm(x, residual=r)
+    y1, s1, h1 = nn.layer_norm(xd, residual=rd)
+    dx0 = nn.layer_norm_backward(dy, h0, s0, dh=dy)[0]
+    dx1 = nn.layer_norm_backward(dy, h1, s1, dh=dy)[0]
+    got = client.compute([y1, h1, dx1], sync=True)
+    for g, w, what in zip(got, (y0, h0, dx0), ("y", "h", "dx")):
+        _close(g, w, np.float32, what)
+    layer0, layer1 = nn.BatchNorm(6), nn.BatchNorm(6)
+    ya, yb = layer0(x), layer1(xd)
+    np.testing.assert_allclose(layer1.running_var, layer0.running_var, rtol=1e-6)
+    _close(yb.compute(), ya, np.float32, "BatchNorm y")
+    _close(layer1.backward(dy).compute(), layer0.backward(dy), np.float32, "BatchNorm dx")
+    _close(layer1.grads["weight"].compute(), layer0.grads["weight"], np.float32, "dweight")
+
+
+# ---------------------------------- when data is read (local scheduler) ---
+
+
+class _Reads:
+    """Counts the blocks of ``x`` read: a Dask array whose every block
+    increments ``count`` when it is computed."""
+
+    def __init__(self, x, chunks):
+        self.count = 0
+        self._lock = threading.Lock()
+        self.array = da.from_array(x, chunks=chunks).map_blocks(
+            self._read, dtype=x.dtype, meta=np.empty((0,) * x.ndim, x.dtype)
+        )
+        self.blocks = self.array.npartitions
+
+    def _read(self, block):
+        with self._lock:
+            self.count += 1
+        return block
+
+
+@pytest.fixture
+def synchronous():
+    with dask.config.set(scheduler="synchronous"):
+        yield
+
+
+def test_forward_and_backward_build_graphs_without_reading_data(synchronous):
+    _, x, dy = _data(np.float64)
+    reads = _Reads(x, (3, 2, 5, 4))
+    y, saved = nn.layer_norm(reads.array, axis=1)
+    dx, _, _ = nn.layer_norm_backward(dy, reads.array, saved, axis=1)
+    y2, saved2 = nn.group_norm(reads.array, 3)
+    nn.group_norm_backward(dy, reads.array, saved2)
+    y3, _ = nn.batch_norm(reads.array, training=False, running_mean=np.zeros(6),
+                          running_var=np.ones(6))
+    assert reads.count == 0
+    dask.compute(y, dx)
+    assert reads.count > 0
+
+
+def test_batch_norm_training_reads_the_data_once_for_its_statistics(synchronous):
+    _, x, _ = _data(np.float64)
+    reads = _Reads(x, (3, 2, 5, 4))
+    running_mean, running_var = np.zeros(6), np.ones(6)
+    y, saved = nn.batch_norm(reads.array, running_mean=running_mean, running_var=running_var)
+    # One pass for the mean and the variance together, never a second for the variance.
+    assert reads.count == reads.blocks
+    assert isinstance(saved.mean, np.ndarray) and isinstance(y, da.Array)
+    y.compute()
+    assert reads.count == 2 * reads.blocks
+
+
+def test_moments_read_each_block_once(synchronous):
+    _, x, _ = _data(np.float64)
+    reads = _Reads(x, (3, 2, 5, 4))
+    m = nn.moments(reads.array, axis=(0, 2, 3))
+    dask.compute(m.mean, m.m2)
+    assert reads.count == reads.blocks
+
+
+def _bad_calls(x, dy, x_numpy):
+    """Calls that must fail, each with the same error for NumPy and Dask ``x``
+    (the saved statistics from the NumPy ``x``)."""
+    w6 = np.ones(6)
+    return [
+        lambda: nn.layer_norm(x, weight=np.ones(3)),
+        lambda: nn.layer_norm(x, axis=7),
+        lambda: nn.layer_norm(x, eps=-1.0),
+        lambda: nn.layer_norm(x.astype(np.complex64)),
+        lambda: nn.rms_norm(x, axis=(1, 1)),
+        lambda: nn.batch_norm(x, weight=np.ones(5)),
+        lambda: nn.batch_norm(x, running_mean=w6),
+        lambda: nn.batch_norm(x, training=False),
+        lambda: nn.batch_norm(x, momentum=2.0, running_mean=w6, running_var=w6.copy()),
+        lambda: nn.batch_norm(x[:1, :, :1, :1]),
+        lambda: nn.group_norm(x, 4),
+        lambda: nn.group_norm(x, 3, axis=0),
+        lambda: nn.instance_norm(x[:, :, :1, :1]),
+        lambda: nn.weight_norm(x, np.ones(3)),
+        lambda: nn.layer_norm_backward(dy[:2], x, nn.layer_norm(x_numpy)[1]),
+        lambda: nn.layer_norm_backward(dy, x, (1, 2)),
+        lambda: nn.batch_norm_backward(dy.astype(np.float32), x, nn.batch_norm(x_numpy)[1]),
+        lambda: nn.group_norm_backward(dy, x, nn.layer_norm(x_numpy)[1]),
+    ]
+
+
+def test_bad_input_gets_the_numpy_errors_before_any_graph_is_built(synchronous):
+    _, x, dy = _data(np.float64)
+    reads = _Reads(x, (3, 2, 5, 4))
+    dask_dy = da.from_array(dy, chunks=(3, 2, 5, 4))
+    for index, (numpy_call, dask_call) in enumerate(
+        zip(_bad_calls(x, dy, x), _bad_calls(reads.array, dask_dy, x))
+    ):
+        with pytest.raises((TypeError, ValueError)) as expected:
+            numpy_call()
+        with pytest.raises(expected.type) as got:
+            dask_call()
+        assert str(got.value) == str(expected.value), index
+    assert reads.count == 0
+    with pytest.raises(TypeError, match="out= is not supported"):
+        nn.layer_norm(reads.array, out=np.empty(SHAPE))
+    with pytest.raises(TypeError, match="masked"):
+        nn.layer_norm(da.ma.masked_greater(reads.array, 5.0))
+
+
+def test_each_dask_twin_takes_the_public_functions_parameters():
+    import inspect
+
+    from numbanorm._dask import norms
+
+    twins = [name for name in nn.__all__ if hasattr(getattr(nn, name), "__wrapped__")]
+    assert len(twins) == 13
+    for name in twins:
+        public = inspect.signature(getattr(nn, name).__wrapped__).parameters
+        twin = inspect.signature(getattr(norms, name)).parameters
+        assert [(p.name, p.kind, p.default) for p in public.values()] == [
+            (p.name, p.kind, p.default) for p in twin.values()
+        ], name
