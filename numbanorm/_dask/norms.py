@@ -46,8 +46,14 @@ def _check_dask(x, name="x"):
         raise ValueError(
             f"{name} has unknown chunk sizes; call {name}.compute_chunk_sizes() first"
         )
-    if isinstance(getattr(x, "_meta", None), np.ma.MaskedArray):
-        _layout.not_masked(x._meta, name)
+    meta = getattr(x, "_meta", None)
+    if isinstance(meta, np.ma.MaskedArray):
+        _layout.not_masked(meta, name)
+    if meta is not None and not isinstance(meta, np.ndarray):
+        raise TypeError(
+            f"{name} is a Dask array of {type(meta).__name__} blocks; numbanorm's Dask "
+            "engine runs the CPU kernels and takes Dask arrays of NumPy blocks"
+        )
     return x
 
 
@@ -637,6 +643,11 @@ def weight_norm(v, g, *, axis=0):
     _, _, _, result, _, g, _, stat_shape = _weight_norm._prepare(_shadow(v), g, axis)
     layout, reduced = _weight_layout(v, axis)
     g_kd = _slice_array(g, v, reduced)
+    if _within_chunks(v, reduced):
+        tuples = _tuple_blocks(_weight_block_forward, v, g_kd, axis, reduced, like=v)
+        w = _part(tuples, 0, v.chunks, result)
+        rstd = _part(tuples, 1, _stat_chunks(v, reduced), np.float64)
+        return w, NormStats(None, _squeeze(rstd, reduced).reshape(stat_shape), True, False)
     parts = _moments(v, layout)
     rstd = parts.map_blocks(_inverse_norm, dtype=np.float64, meta=_meta(v.ndim, np.float64))
     zeros = da.zeros_like(rstd)
@@ -661,6 +672,12 @@ def weight_norm_backward(dw, v, g, saved, *, axis=0):
     layout, reduced = _weight_layout(v, axis)
     rstd = _slice_array(_stat_host(saved.rstd, stat_shape, "saved.rstd"), v, reduced)
     g_kd = _slice_array(g, v, reduced)
+    g_dtype = _layout.param_grad_dtype(g)
+    if _within_chunks(v, reduced):
+        tuples = _tuple_blocks(_weight_block_backward, dw, v, g_kd, rstd, axis, reduced, like=v)
+        dv = _part(tuples, 0, v.chunks, result)
+        dg = _part(tuples, 1, _stat_chunks(v, reduced), np.float64)
+        return dv, dg.reshape(g.shape).astype(g_dtype)
     zeros = da.zeros_like(rstd)
     tuples = _tuple_blocks(blocks.row_grad_sums, dw, v, zeros, rstd, None, layout, False, like=v)
     t = _part(tuples, 1, _kd_chunks(v, reduced), np.float64).sum(axis=reduced, keepdims=True)
@@ -670,5 +687,23 @@ def weight_norm_backward(dw, v, g, saved, *, axis=0):
         blocks.backward_apply, dw, v, zeros, scale, None, -scale * t * rstd * rstd, zeros,
         layout, dtype=result, meta=_meta(v.ndim, result),
     )
-    dg = (t * rstd).reshape(g.shape).astype(_layout.param_grad_dtype(g))
-    return dv, dg
+    return dv, (t * rstd).reshape(g.shape).astype(g_dtype)
+
+
+def _weight_block_forward(v, g, axis, reduced):
+    """The in-memory weight norm of a block of whole slices: ``(w, rstd)``."""
+    w, saved = _weight_norm.weight_norm(v, g.reshape(-1) if axis is not None else g, axis=axis)
+    return w, np.reshape(saved.rstd, _block_kd(v, reduced))
+
+
+def _weight_block_backward(dw, v, g, rstd, axis, reduced):
+    """Its backward: ``(dv, dg)``, ``dg`` float64 keepdims."""
+    saved = NormStats(None, np.reshape(rstd, np.shape(rstd)[axis] if axis is not None else ()),
+                      True, False)
+    g = g.reshape(-1) if axis is not None else g.reshape(())
+    dv, dg = _weight_norm.weight_norm_backward(dw, v, g, saved, axis=axis)
+    return dv, np.reshape(dg.astype(np.float64), _block_kd(v, reduced))
+
+
+def _block_kd(v, reduced):
+    return tuple(1 if i in reduced else n for i, n in enumerate(v.shape))
