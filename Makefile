@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: test ptx bench asv demo docs clean
+.PHONY: test ptx bench bench-dask asv demo dask-demo docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ BENCH_ARGS ?= --json bench.json --plot bench.png
 bench: $(VENV)/.installed-bench
 	$(BIN)/python -m numbanorm.bench $(BENCH_ARGS)
 
+# numbanorm on Dask arrays (LocalCluster of 1 and 2 workers) vs in memory.
+bench-dask: $(VENV)/.installed-bench
+	$(BIN)/python -m numbanorm.bench_dask
+
 # asv over this commit, results kept in asv_bench/results (--python=same saves
 # only with a commit hash), then the HTML graphs in asv_bench/html.
 asv: $(VENV)/.installed-bench
@@ -45,6 +49,10 @@ asv: $(VENV)/.installed-bench
 # three seeds; prints a table, draws the picture.
 demo: $(VENV)/.installed-examples
 	$(BIN)/python examples/conv_norms.py --out examples/conv_norms.png
+
+# Normalize a chunked .npy file on a LocalCluster; exact BatchNorm statistics over it.
+dask-demo: $(VENV)/.installed-examples
+	$(BIN)/python examples/dask_scaling.py
 
 # The documentation site, HTML in docs/_build/html; warnings are errors.
 docs: $(VENV)/.installed-docs

@@ -297,3 +297,28 @@ def test_each_dask_twin_takes_the_public_functions_parameters():
         assert [(p.name, p.kind, p.default) for p in public.values()] == [
             (p.name, p.kind, p.default) for p in twin.values()
         ], name
+
+
+def test_the_scaling_example_normalizes_a_file_and_recomputes_exact_statistics(tmp_path):
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "dask_scaling.py"
+    run = subprocess.run(
+        [sys.executable, str(example), "--rows", "40000", "--features", "8",
+         "--chunk-rows", "6000", "--dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "(7 chunks)" in run.stdout and "cluster: 2 workers" in run.stdout
+    y = np.load(tmp_path / "normalized.npy")
+    x = np.load(tmp_path / "features.npy")
+    assert y.shape == x.shape == (40000, 8)
+    reference = (x - x.mean(axis=1, keepdims=True, dtype=np.float64)) / np.sqrt(
+        x.var(axis=1, keepdims=True, dtype=np.float64) + 1e-5
+    )
+    assert np.max(np.abs(y - reference)) < 1e-5
+    errors = re.search(r"mean ([0-9.e+-]+), variance ([0-9.e+-]+)", run.stdout)
+    assert errors and float(errors[1]) < 1e-12 and float(errors[2]) < 1e-10, run.stdout
