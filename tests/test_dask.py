@@ -322,3 +322,30 @@ def test_the_scaling_example_normalizes_a_file_and_recomputes_exact_statistics(t
     assert np.max(np.abs(y - reference)) < 1e-5
     errors = re.search(r"mean ([0-9.e+-]+), variance ([0-9.e+-]+)", run.stdout)
     assert errors and float(errors[1]) < 1e-12 and float(errors[2]) < 1e-10, run.stdout
+
+
+@pytest.mark.parametrize("dtype", ["float16", "int32", ">f8", "bfloat16"])
+def test_other_dtypes_come_back_as_for_numpy(synchronous, dtype):
+    if dtype == "bfloat16":
+        dtype = pytest.importorskip("ml_dtypes").bfloat16
+    rng = np.random.default_rng(2)
+    x = (rng.normal(3, 2, SHAPE) * 3).astype(dtype)
+    xd = da.from_array(x, chunks=(3, 4, 5, 2))
+    for forward, backward in [
+        (lambda a: nn.layer_norm(a), lambda d, a, s: nn.layer_norm_backward(d, a, s)),
+        (lambda a: nn.batch_norm(a), lambda d, a, s: nn.batch_norm_backward(d, a, s)),
+        (lambda a: nn.group_norm(a, 2), lambda d, a, s: nn.group_norm_backward(d, a, s)),
+    ]:
+        y0, saved0 = forward(x)
+        dy = rng.normal(size=SHAPE).astype(y0.dtype)
+        dx0 = backward(dy, x, saved0)[0]
+        y1, saved1 = forward(xd)
+        y1, dx1 = dask.compute(y1, backward(dy, xd, saved1)[0])
+        assert y1.dtype == y0.dtype and dx1.dtype == dx0.dtype
+        # Blocks run the same kernels: at most one rounding of the result's dtype apart.
+        ulp = float(np.finfo(np.float32 if y0.dtype.itemsize < 8 else np.float64).eps)
+        if y0.dtype.itemsize == 2:
+            ulp = 2.0**-7 if y0.dtype.kind == "V" else 2.0**-10
+        for got, want in ((y1, y0), (dx1, dx0)):
+            got, want = got.astype(np.float64), want.astype(np.float64)
+            assert np.max(np.abs(got - want)) <= 4 * ulp * np.max(np.abs(want))
