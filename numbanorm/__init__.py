@@ -3,7 +3,9 @@
 Every norm has a forward function returning ``(y, saved)`` and a backward
 function returning the gradients, and a stateful layer (``BatchNorm``,
 ``LayerNorm``, ...) with PyTorch's state-dict keys; see the docstrings for the
-formulas.
+formulas. NumPy arrays run on the CPU kernels, device arrays on the CUDA
+kernels, and Dask arrays block by block through the CPU kernels, returning
+Dask arrays.
 """
 
 from ._cpu.memory import release_memory

@@ -8,7 +8,8 @@ import numpy.typing as npt
 #: An input array: anything ``np.asarray`` takes, or a CUDA device array
 #: (``__cuda_array_interface__``).
 ArrayLike = Union[npt.ArrayLike, Any]
-#: A result: a NumPy array for host input, a Numba device array for device input.
+#: A result: a NumPy array for host input, a Numba device array for device
+#: input, a Dask array for Dask input.
 Array = Any
 #: One axis or several.
 Axis = Union[int, tuple[int, ...]]

@@ -380,9 +380,7 @@ def _channel_backward(dy, x, mean, rstd, w, layout, groups, batch_stats, param_g
 
 
 def _group_kd_shape(x, layout, groups):
-    reduced = layout.reduced(x.ndim)
-    return tuple(groups if i == layout.axes else (1 if i in reduced else n)
-                 for i, n in enumerate(x.shape))
+    return _group_kd_block(x.shape, layout.axes, groups, layout.reduced(x.ndim))
 
 
 def _group_stat(stat_kd, x, layout, groups):
@@ -434,15 +432,19 @@ def batch_norm(x, *, weight=None, bias=None, axis=1, eps=1e-5, training=True,
     return y, saved
 
 
-def batch_norm_backward(dy, x, saved, *, weight=None, axis=1):
+def _prepare_backward(dy, x, saved, weight, axis, batched):
+    """The checks of a channel norm's backward: ``(dy, x, result, w, view,
+    axis)``, ``dy`` and ``x`` as Dask arrays chunked alike."""
     _layout.check_saved(saved)
-    x = _as_dask_pair(dy, x)
-    _check_dask(x)
-    shadow = _shadow(x)
-    _, _, result, _, w, _, view = grouped._prepare(shadow, axis, weight, None, batched=False)
-    axis = _layout.normalize_axis(axis, x.ndim)
-    channels = view.kshape[2]
+    x = _check_dask(_as_dask_pair(dy, x))
+    _, _, result, _, w, _, view = grouped._prepare(_shadow(x), axis, weight, None, batched)
     dy = _like(dy, x, result, "dy")
+    return dy, x, result, w, view, _layout.normalize_axis(axis, x.ndim)
+
+
+def batch_norm_backward(dy, x, saved, *, weight=None, axis=1):
+    dy, x, result, w, view, axis = _prepare_backward(dy, x, saved, weight, axis, False)
+    channels = view.kshape[2]
     layout = Layout("channels", axis)
     reduced = layout.reduced(x.ndim)
     mean = _keepdims_array(_stat_host(saved.mean, (channels,), "saved.mean"), x, reduced)
@@ -525,14 +527,8 @@ def _group_kd_block(shape, axis, groups, reduced):
 
 
 def _grouped_backward(dy, x, saved, weight, axis, per_channel):
-    _layout.check_saved(saved)
-    x = _as_dask_pair(dy, x)
-    _check_dask(x)
-    shadow = _shadow(x)
-    _, _, result, _, w, _, view = grouped._prepare(shadow, axis, weight, None, batched=True)
-    axis = _layout.normalize_axis(axis, x.ndim)
+    dy, x, result, w, view, axis = _prepare_backward(dy, x, saved, weight, axis, True)
     n, _, channels, _ = view.kshape
-    dy = _like(dy, x, result, "dy")
     rstd_shape = tuple(saved.rstd.shape) if saved.rstd is not None else ()
     if per_channel:
         groups = channels
@@ -693,7 +689,7 @@ def weight_norm_backward(dw, v, g, saved, *, axis=0):
 def _weight_block_forward(v, g, axis, reduced):
     """The in-memory weight norm of a block of whole slices: ``(w, rstd)``."""
     w, saved = _weight_norm.weight_norm(v, g.reshape(-1) if axis is not None else g, axis=axis)
-    return w, np.reshape(saved.rstd, _block_kd(v, reduced))
+    return w, np.reshape(saved.rstd, _kd_shape(v, reduced))
 
 
 def _weight_block_backward(dw, v, g, rstd, axis, reduced):
@@ -702,8 +698,5 @@ def _weight_block_backward(dw, v, g, rstd, axis, reduced):
                       True, False)
     g = g.reshape(-1) if axis is not None else g.reshape(())
     dv, dg = _weight_norm.weight_norm_backward(dw, v, g, saved, axis=axis)
-    return dv, np.reshape(dg.astype(np.float64), _block_kd(v, reduced))
+    return dv, np.reshape(dg.astype(np.float64), _kd_shape(v, reduced))
 
-
-def _block_kd(v, reduced):
-    return tuple(1 if i in reduced else n for i, n in enumerate(v.shape))
