@@ -349,3 +349,20 @@ def test_other_dtypes_come_back_as_for_numpy(synchronous, dtype):
         for got, want in ((y1, y0), (dx1, dx0)):
             got, want = got.astype(np.float64), want.astype(np.float64)
             assert np.max(np.abs(got - want)) <= 4 * ulp * np.max(np.abs(want))
+
+
+@pytest.mark.parametrize("chunks", CHUNKINGS, ids=lambda c: "x".join(map(str, c)))
+def test_one_compute_of_forward_and_backward_runs_each_block_once(synchronous, chunks):
+    """Statistics, y, dx and the parameter gradients share the blocks' work:
+    one ``dask.compute`` runs each block of ``x`` once (batch norm in training
+    mode read it once more, when called, for its statistics)."""
+    rng, x, dy = _data(np.float64)
+    for name, forward, backward in _norm_cases(rng, np.float64):
+        reads = _Reads(x, chunks)
+        y, saved = forward(reads.array)
+        at_call = reads.count
+        assert at_call in (0, reads.blocks), name
+        grads = backward(dy, reads.array, saved)
+        stats = [s for s in saved[:2] if s is not None]
+        dask.compute(y, *stats, *[g for g in grads if g is not None])
+        assert reads.count - at_call == reads.blocks, name

@@ -230,7 +230,7 @@ def row_backward_apply(dy, x, mean, rstd, weight, sum_g, sum_gx, count, layout):
     return backward_apply(dy, x, mean, rstd2, weight, beta, gamma, layout)
 
 
-def coefficients(sum_dy, sum_dy_xc, weight, rstd, count, batch_stats):
+def coefficients(sum_dy, sum_dy_xc, rstd, weight, count, batch_stats):
     """The engine's backward coefficients from the sums over every block
     (see :func:`numbanorm._cpu.engine.group_backward_coefficients`)."""
     n = rstd.shape[0]

@@ -15,7 +15,6 @@ them (batch norm always) computes its statistics at once, in one pass over
 
 import functools
 
-import dask
 import dask.array as da
 import numpy as np
 
@@ -360,23 +359,35 @@ def _channel_backward(dy, x, mean, rstd, w, layout, groups, batch_stats, param_g
         .rechunk(-1).reshape(n, channels) for i in (0, 1)
     )
     rstd_groups = _group_stat(rstd, x, layout, groups)
-    coefficients = dask.delayed(blocks.coefficients, nout=4)(
-        sum_dy, sum_dy_xc, w, rstd_groups, count, batch_stats
+    # One task forms the coefficients from the whole sums: an array graph, so
+    # that the blocks' sums are computed once for beta, gamma and the grads.
+    coefficients = da.blockwise(
+        blocks.coefficients, "", sum_dy, "nc", sum_dy_xc, "nc", rstd_groups, "ng",
+        weight=w, count=count, batch_stats=batch_stats, concatenate=True, dtype=object,
+        meta=np.empty((), object),
     )
-    beta, gamma, dweight, dbias = coefficients
     beta, gamma = (
         _per_channel(
-            da.from_delayed(c, (n, groups), np.float64).reshape(_group_kd_shape(x, layout, groups)),
+            _from_one_task(coefficients, i, (n, groups)).reshape(_group_kd_shape(x, layout, groups)),
             x, axis, groups,
         ).rechunk(_stat_chunks(x, reduced))
-        for c in (beta, gamma)
+        for i in (0, 1)
     )
     dx = da.map_blocks(
         blocks.backward_apply, dy, x, mean, rstd, _param_array(w, x, layout), beta, gamma,
         layout, dtype=result, meta=_meta(x.ndim, result),
     )
-    sums = [da.from_delayed(c, (channels,), np.float64) for c in (dweight, dbias)]
+    sums = [_from_one_task(coefficients, i, (channels,)) for i in (2, 3)]
     return dx, sums
+
+
+def _from_one_task(tuples, index, shape):
+    """Part ``index`` of the tuple that the one block of the 0-d ``tuples`` holds."""
+    return da.map_blocks(
+        _item, tuples, index, new_axis=list(range(len(shape))),
+        chunks=tuple((size,) for size in shape), dtype=np.float64,
+        meta=_meta(len(shape), np.float64),
+    )
 
 
 def _group_kd_shape(x, layout, groups):
