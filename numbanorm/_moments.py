@@ -119,8 +119,11 @@ def moments(x: ArrayLike, axis: Optional[Axis] = None) -> "Moments":
 
     Parameters
     ----------
-    x : array_like
-        Real input (integers and bool promoted to float64).
+    x : array_like or dask.array.Array
+        Real input (integers and bool promoted to float64). A Dask array is
+        reduced block by block, the blocks' moments merged exactly in a tree:
+        ``mean`` and ``m2`` are then Dask arrays, computed together in one
+        pass over ``x``.
     axis : None, int or tuple of int, default None
         Axes to reduce; None reduces all of them.
 
