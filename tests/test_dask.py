@@ -282,6 +282,9 @@ def test_bad_input_gets_the_numpy_errors_before_any_graph_is_built(synchronous):
         nn.layer_norm(reads.array, out=np.empty(SHAPE))
     with pytest.raises(TypeError, match="masked"):
         nn.layer_norm(da.ma.masked_greater(reads.array, 5.0))
+    with pytest.raises(ValueError, match="compute_chunk_sizes"):
+        nn.batch_norm(reads.array[reads.array[:, 0, 0, 0] > 3.0])
+    assert reads.count == 0
 
 
 def test_each_dask_twin_takes_the_public_functions_parameters():
