@@ -113,7 +113,10 @@ def _on_cluster(client, da, name, x, dy, weight):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--scale", type=float, default=1.0, help="multiply the row counts")
+    parser.add_argument(
+        "--scale", type=float, default=1.0,
+        help="multiply the row counts and the chunks' (the number of chunks stays)",
+    )
     args = parser.parse_args(argv)
 
     import dask.array as da
@@ -126,9 +129,12 @@ def main(argv=None):
     configs = [("1 worker", 1, {}), (f"{cores} workers", cores, {"NUMBA_NUM_THREADS": "1"})]
     results = {}
     overheads = {}
+    cases = [
+        (name, (max(1, int(n * args.scale)), features), max(1, int(chunk * args.scale)))
+        for name, (n, features), chunk in CASES
+    ]
     data = {}
-    for name, (n, features), chunk in CASES:
-        n = max(chunk, int(n * args.scale) // chunk * chunk)
+    for name, (n, features), chunk in cases:
         key = (n, features, chunk)
         if key not in data:
             data[key] = [a.compute(scheduler="synchronous") for a in _arrays(da, *key)]
@@ -140,8 +146,7 @@ def main(argv=None):
     for label, workers, env in configs:
         with LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None,
                           env=env) as cluster, Client(cluster) as client:
-            for name, (n, features), chunk in CASES:
-                n = max(chunk, int(n * args.scale) // chunk * chunk)
+            for name, (n, features), chunk in cases:
                 x, dy = (a.persist() for a in _arrays(da, n, features, chunk))
                 wait([x, dy])
                 weight = np.ones(features, np.float32)
@@ -154,12 +159,11 @@ def main(argv=None):
     for label, _, _ in configs:
         header += f" {label:>12} {'ratio':>6}"
     print(header)
-    for name, (n, features), chunk in CASES:
-        n = max(chunk, int(n * args.scale) // chunk * chunk)
+    for name, (n, features), chunk in cases:
         moved = 3 if name.endswith("bwd") else 2
         gib = moved * n * features * 4 / 2**30
         base = results[name, "in memory"]
-        line = f"{name:<11} {f'{n}x{features}':>14} {n // chunk:>6} {gib / base:>7.2f} GB/s"
+        line = f"{name:<11} {f'{n}x{features}':>14} {-(-n // chunk):>6} {gib / base:>7.2f} GB/s"
         for label, _, _ in configs:
             t = results[name, label]
             line += f" {gib / t:>7.2f} GB/s {base / t:>5.2f}x"

@@ -369,3 +369,13 @@ def test_one_compute_of_forward_and_backward_runs_each_block_once(synchronous, c
         stats = [s for s in saved[:2] if s is not None]
         dask.compute(y, *stats, *[g for g in grads if g is not None])
         assert reads.count - at_call == reads.blocks, name
+
+
+def test_the_dask_benchmark_runs(capsys):
+    from numbanorm import bench_dask
+
+    bench_dask.main(["--scale", "0.001", "--repeat", "1"])
+    out = capsys.readouterr().out
+    for case in ("layer fwd", "layer bwd", "batch fwd", "batch bwd"):
+        assert case in out
+    assert "scheduler cost, 1 worker" in out and "per chunk" in out
