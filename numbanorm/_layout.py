@@ -67,7 +67,8 @@ def dask_dispatch(function):
 
     @functools.wraps(function)
     def dispatch(*args, **kwargs):
-        for a in args[:2]:
+        arrays = args[:2] if len(args) >= 2 else (*args, *kwargs.values())
+        for a in arrays:
             if type(a) is not np.ndarray and is_dask_array(a):
                 from ._dask import norms
 

@@ -208,6 +208,10 @@ def synchronous():
 def test_forward_and_backward_build_graphs_without_reading_data(synchronous):
     _, x, dy = _data(np.float64)
     reads = _Reads(x, (3, 2, 5, 4))
+    # Dask arrays passed by keyword are dispatched too.
+    assert isinstance(nn.rms_norm(x=reads.array)[0], da.Array)
+    saved = nn.layer_norm(x, axis=1)[1]
+    assert isinstance(nn.layer_norm_backward(dy, x=reads.array, saved=saved, axis=1)[0], da.Array)
     y, saved = nn.layer_norm(reads.array, axis=1)
     dx, _, _ = nn.layer_norm_backward(dy, reads.array, saved, axis=1)
     y2, saved2 = nn.group_norm(reads.array, 3)
