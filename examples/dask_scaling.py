@@ -106,7 +106,7 @@ def main():
         cluster = None
     else:
         cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1,
-                               dashboard_address=None)
+                               dashboard_address=":0")
         client = Client(cluster)
     print(f"cluster: {len(client.scheduler_info()['workers'])} workers")
     try:

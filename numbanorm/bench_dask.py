@@ -144,7 +144,7 @@ def main(argv=None):
         run()  # compiled or loaded before the clock starts
         results[name, "in memory"] = _median_time(run, args.repeat)
     for label, workers, env in configs:
-        with LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None,
+        with LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=":0",
                           env=env) as cluster, Client(cluster) as client:
             for name, (n, features), chunk in cases:
                 x, dy = (a.persist() for a in _arrays(da, n, features, chunk))

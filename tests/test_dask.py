@@ -23,7 +23,7 @@ CHUNKINGS = [SHAPE, (3, 6, 5, 4), (8, 4, 5, 4), (8, 6, 3, 2), (4, 4, 3, 2)]
 def client():
     """A LocalCluster of 2 worker processes, one thread each."""
     with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
     ) as cluster, distributed.Client(cluster) as client:
         yield client
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from .._cpu import engine as cpu
 from .._layout import channel_view, compute_dtype, result_dtype, row_view
+from .._types import NormStats
 
 #: Moments of a block, per statistic: count, mean and sum of squared deviations.
 MOMENTS = np.dtype([("count", "f8"), ("mean", "f8"), ("m2", "f8")])
@@ -150,23 +151,21 @@ def cpu_forward(x, weight, bias, function, reduced, **settings):
 # ------------------------------------------------------------ backward ---
 
 
-def cpu_backward(dy, x, mean, rstd, weight, function, reduced, param_axes, has_bias, **settings):
-    """The in-memory backward ``function`` on a block whose statistics lie
-    within it: ``(dx, dweight, dbias)``, the parameter sums float64 and
+def cpu_backward(dy, x, mean, rstd, weight, function, reduced, has_bias, **settings):
+    """The in-memory backward ``function`` of a row norm on a block whose rows
+    lie within it: ``(dx, dweight, dbias)``, the parameter sums float64 and
     keepdims over the other axes."""
     stat_shape = tuple(n for i, n in enumerate(x.shape) if i not in reduced)
     saved = cpu_saved(mean, rstd, stat_shape, has_bias)
     dx, *grads = function(dy, x, saved, weight=weight, **settings)
-    others = tuple(i for i in range(x.ndim) if i not in param_axes)
+    others = tuple(i for i in range(x.ndim) if i not in reduced)
     grads = [None if g is None else _keepdims(g.astype(np.float64), x.shape, others)
              for g in grads]
-    return (dx, *grads, None)[:3]
+    return (dx, *grads)
 
 
 def cpu_saved(mean, rstd, stat_shape, has_bias):
     """A :class:`numbanorm.NormStats` of keepdims statistic blocks."""
-    from .._types import NormStats
-
     mean = None if mean is None else np.ascontiguousarray(mean, np.float64).reshape(stat_shape)
     return NormStats(mean, np.ascontiguousarray(rstd, np.float64).reshape(stat_shape), True, has_bias)
 

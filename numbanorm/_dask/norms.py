@@ -269,7 +269,7 @@ def _row_backward(dy, x, saved, weight, axis, center, has_bias, dh):
         function = row_norms.layer_norm_backward if center else _rms_backward_with_bias
         tuples = _tuple_blocks(
             blocks.cpu_backward, dy, x, mean if center else None, rstd, w, function, axes,
-            axes, has_bias and center, like=x, axis=axes,
+            has_bias and center, like=x, axis=axes,
         )
         dx = _part(tuples, 0, x.chunks, result)
         sums = [_part(tuples, i, param_chunks, np.float64).sum(axis=others)
