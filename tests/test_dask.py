@@ -383,3 +383,46 @@ def test_the_dask_benchmark_runs(capsys):
     for case in ("layer fwd", "layer bwd", "batch fwd", "batch bwd"):
         assert case in out
     assert "scheduler cost, 1 worker" in out and "per chunk" in out
+
+
+def _two_dimensional_cases(rng):
+    w = rng.normal(size=8)
+    return [
+        ("batch (N, C)", lambda x: nn.batch_norm(x, weight=w, bias=w),
+         lambda dy, x, s: nn.batch_norm_backward(dy, x, s, weight=w)),
+        ("layer (N, C)", lambda x: nn.layer_norm(x, weight=w, bias=w),
+         lambda dy, x, s: nn.layer_norm_backward(dy, x, s, weight=w)),
+        ("rms (N, C)", lambda x: nn.rms_norm(x, weight=w),
+         lambda dy, x, s: nn.rms_norm_backward(dy, x, s, weight=w)),
+    ]
+
+
+@pytest.mark.parametrize("ndim", [4, 2])
+def test_results_compose_with_further_dask_operations(synchronous, ndim):
+    """Results are ordinary Dask arrays: reductions, slices and blocks of them,
+    computed together with the parameter gradients, give the NumPy values."""
+    rng = np.random.default_rng(3)
+    if ndim == 4:
+        _, x, dy = _data(np.float64)
+        cases, chunkings = _norm_cases(rng, np.float64), [(3, 6, 5, 4), (4, 4, 3, 2)]
+    else:
+        x, dy = rng.normal(2.0, 3.0, (64, 8)), rng.normal(size=(64, 8))
+        cases, chunkings = _two_dimensional_cases(rng), [(16, 8), (16, 3)]
+    for chunks in chunkings:
+        xd = da.from_array(x, chunks=chunks)
+        for name, forward, backward in cases:
+            y0, saved0 = forward(x)
+            grads0 = [g for g in backward(dy, x, saved0) if g is not None]
+            y1, saved1 = forward(xd)
+            grads1 = [g for g in backward(dy, xd, saved1) if g is not None]
+            exprs = [y1.sum(axis=0), y1[1:3], grads1[0].sum(), grads1[0].blocks[1],
+                     *[g.sum(axis=0) for g in grads1[1:]]]
+            want = [y0.sum(axis=0), y0[1:3], grads0[0].sum(),
+                    grads0[0][chunks[0]: 2 * chunks[0]],
+                    *[g.sum(axis=0) for g in grads0[1:]]]
+            # Each alone (Dask fuses a layer into its only dependent), then
+            # dx's sum with the parameter gradients, as a training step asks.
+            got = [e.compute() for e in exprs]
+            got_together = dask.compute(exprs[2], *exprs[4:])
+            for a, b in zip(got + list(got_together), want + [want[2]] + want[4:]):
+                np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10, err_msg=f"{name} {chunks}")

@@ -229,10 +229,11 @@ def row_backward_apply(dy, x, mean, rstd, weight, sum_g, sum_gx, count, layout):
     return backward_apply(dy, x, mean, rstd2, weight, beta, gamma, layout)
 
 
-def coefficients(sum_dy, sum_dy_xc, rstd, weight, count, batch_stats):
-    """The engine's backward coefficients from the sums over every block
-    (see :func:`numbanorm._cpu.engine.group_backward_coefficients`)."""
-    n = rstd.shape[0]
+def coefficients(sum_dy, sum_dy_xc, rstd, group_size, weight, count, batch_stats):
+    """The engine's backward coefficients from the sums over every block,
+    ``rstd`` per ``(n, c)`` (see
+    :func:`numbanorm._cpu.engine.group_backward_coefficients`)."""
     return cpu.group_backward_coefficients(
-        sum_dy.reshape(n, -1), sum_dy_xc.reshape(n, -1), weight, rstd, count, batch_stats
+        sum_dy, sum_dy_xc, weight, np.ascontiguousarray(rstd[:, ::group_size]), count,
+        batch_stats,
     )

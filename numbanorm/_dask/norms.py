@@ -14,9 +14,13 @@ them (batch norm always) computes its statistics at once, in one pass over
 """
 
 import functools
+import operator
 
 import dask.array as da
 import numpy as np
+from dask.base import tokenize
+from dask.core import flatten
+from dask.highlevelgraph import HighLevelGraph
 
 from .. import _grouped_norms as grouped
 from .. import _layout
@@ -131,8 +135,8 @@ def _param_array(p, x, layout):
 
 def _tuple_blocks(function, *args, like, **kwargs):
     """``function`` on every block, returning a tuple per block: a Dask array
-    of those tuples (take its parts with :func:`_part`), each block computed
-    once however many parts are used."""
+    of those tuples, blocked like ``like``, whose parts :func:`_part` takes;
+    each block is computed once however many parts are used."""
     return da.map_blocks(
         function, *args, dtype=object, meta=_meta(like.ndim, object), chunks=like.chunks,
         **kwargs,
@@ -140,13 +144,21 @@ def _tuple_blocks(function, *args, like, **kwargs):
 
 
 def _part(tuples, index, chunks, dtype):
-    return tuples.map_blocks(
-        _item, index, chunks=chunks, dtype=dtype, meta=_meta(len(chunks), dtype)
-    )
+    """Part ``index`` of every tuple of :func:`_tuple_blocks`, as an array of
+    ``chunks``: the same blocks, or one block from one tuple.
 
-
-def _item(t, index):
-    return t[index]
+    A graph layer of ``getitem`` tasks rather than a ``map_blocks``: Dask
+    fuses ``map_blocks`` layers together, and fused with a reduction of the
+    part, the tuples would be taken for arrays."""
+    name = f"{tuples.name.split('-')[0]}-part{index}-{tokenize(tuples.name, index, chunks)}"
+    keys = list(flatten(tuples.__dask_keys__()))
+    if len(chunks) == tuples.ndim:
+        layer = {(name, *key[1:]): (operator.getitem, key, index) for key in keys}
+    else:
+        (key,) = keys
+        layer = {(name, *(0,) * len(chunks)): (operator.getitem, key, index)}
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=[tuples])
+    return da.Array(graph, name, chunks, meta=_meta(len(chunks), dtype))
 
 
 def _moments(x, layout):
@@ -358,17 +370,18 @@ def _channel_backward(dy, x, mean, rstd, w, layout, groups, batch_stats, param_g
         _part(tuples, i, _kd_chunks(x, reduced), np.float64).sum(axis=reduced, keepdims=True)
         .rechunk(-1).reshape(n, channels) for i in (0, 1)
     )
-    rstd_groups = _group_stat(rstd, x, layout, groups)
-    # One task forms the coefficients from the whole sums: an array graph, so
-    # that the blocks' sums are computed once for beta, gamma and the grads.
-    coefficients = da.blockwise(
-        blocks.coefficients, "", sum_dy, "nc", sum_dy_xc, "nc", rstd_groups, "ng",
-        weight=w, count=count, batch_stats=batch_stats, concatenate=True, dtype=object,
-        meta=np.empty((), object),
+    # One task forms the coefficients from the whole sums, a map_blocks on
+    # single-chunk (n, C) arrays: the blocks' sums are computed once for
+    # beta, gamma and the grads. (A blockwise that contracts its indices, or
+    # dask.delayed, broke that or failed when fused with a reduction of dx.)
+    coefficients = da.map_blocks(
+        blocks.coefficients, sum_dy, sum_dy_xc, _per_nc(rstd, x, layout), channels // groups,
+        weight=w, count=count, batch_stats=batch_stats, dtype=object, meta=_meta(2, object),
     )
     beta, gamma = (
         _per_channel(
-            _from_one_task(coefficients, i, (n, groups)).reshape(_group_kd_shape(x, layout, groups)),
+            _part(coefficients, i, ((n,), (groups,)), np.float64)
+            .reshape(_group_kd_shape(x, layout, groups)),
             x, axis, groups,
         ).rechunk(_stat_chunks(x, reduced))
         for i in (0, 1)
@@ -377,30 +390,18 @@ def _channel_backward(dy, x, mean, rstd, w, layout, groups, batch_stats, param_g
         blocks.backward_apply, dy, x, mean, rstd, _param_array(w, x, layout), beta, gamma,
         layout, dtype=result, meta=_meta(x.ndim, result),
     )
-    sums = [_from_one_task(coefficients, i, (channels,)) for i in (2, 3)]
+    sums = [_part(coefficients, i, ((channels,),), np.float64) for i in (2, 3)]
     return dx, sums
-
-
-def _from_one_task(tuples, index, shape):
-    """Part ``index`` of the tuple that the one block of the 0-d ``tuples`` holds."""
-    return da.map_blocks(
-        _item, tuples, index, new_axis=list(range(len(shape))),
-        chunks=tuple((size,) for size in shape), dtype=np.float64,
-        meta=_meta(len(shape), np.float64),
-    )
 
 
 def _group_kd_shape(x, layout, groups):
     return _group_kd_block(x.shape, layout.axes, groups, layout.reduced(x.ndim))
 
 
-def _group_stat(stat_kd, x, layout, groups):
-    """Per-channel keepdims statistic back to the engine's ``(n, groups)``:
-    the first channel of each group."""
+def _per_nc(stat_kd, x, layout):
+    """A per-channel keepdims statistic as one ``(n, C)`` chunk."""
     n = x.shape[0] if layout.kind == "samples" else 1
-    cg = x.shape[layout.axes] // groups
-    flat = stat_kd.rechunk(-1).reshape(n, x.shape[layout.axes])
-    return flat[:, ::cg]
+    return stat_kd.rechunk(-1).reshape(n, x.shape[layout.axes])
 
 
 def batch_norm(x, *, weight=None, bias=None, axis=1, eps=1e-5, training=True,
