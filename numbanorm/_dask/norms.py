@@ -113,12 +113,15 @@ def _within_chunks(x, axes):
 
 
 def _keepdims_array(a, x, reduced):
-    """A statistic of ``x`` (NumPy or Dask, shaped without ``reduced``) as a
-    keepdims Dask array chunked like ``x`` on the kept axes."""
+    """A statistic of ``x``, or weight norm's ``g`` (NumPy or Dask, shaped
+    without ``reduced`` or with them of length 1), as a float64 keepdims
+    Dask array chunked like ``x`` on the kept axes."""
     if a is None:
         return None
     if _layout.is_dask_array(a):
-        return da.expand_dims(a, reduced).rechunk(_stat_chunks(x, reduced))
+        return a.astype(np.float64).reshape(_kd_shape(x, reduced)).rechunk(
+            _stat_chunks(x, reduced)
+        )
     kd = np.asarray(a, np.float64).reshape(_kd_shape(x, reduced))
     return da.from_array(kd, chunks=_stat_chunks(x, reduced))
 
@@ -375,7 +378,7 @@ def _channel_backward(dy, x, mean, rstd, w, layout, groups, batch_stats, param_g
     # beta, gamma and the grads. (A blockwise that contracts its indices, or
     # dask.delayed, broke that or failed when fused with a reduction of dx.)
     coefficients = da.map_blocks(
-        blocks.coefficients, sum_dy, sum_dy_xc, _per_nc(rstd, x, layout), channels // groups,
+        blocks.coefficients, sum_dy, sum_dy_xc, _channels_in_one_chunk(rstd, x, layout), channels // groups,
         weight=w, count=count, batch_stats=batch_stats, dtype=object, meta=_meta(2, object),
     )
     beta, gamma = (
@@ -398,7 +401,7 @@ def _group_kd_shape(x, layout, groups):
     return _group_kd_block(x.shape, layout.axes, groups, layout.reduced(x.ndim))
 
 
-def _per_nc(stat_kd, x, layout):
+def _channels_in_one_chunk(stat_kd, x, layout):
     """A per-channel keepdims statistic as one ``(n, C)`` chunk."""
     n = x.shape[0] if layout.kind == "samples" else 1
     return stat_kd.rechunk(-1).reshape(n, x.shape[layout.axes])
@@ -638,19 +641,11 @@ def _weight_layout(v, axis):
     return Layout("rows", reduced), reduced
 
 
-def _slice_array(a, v, reduced):
-    """``g`` or a per-slice statistic as a keepdims Dask array chunked like ``v``."""
-    if _layout.is_dask_array(a):
-        return a.reshape(_kd_shape(v, reduced)).rechunk(_stat_chunks(v, reduced))
-    kd = np.asarray(a, np.float64).reshape(_kd_shape(v, reduced))
-    return da.from_array(kd, chunks=_stat_chunks(v, reduced))
-
-
 def weight_norm(v, g, *, axis=0):
     _check_dask(v, "v")
     _, _, _, result, _, g, _, stat_shape = _weight_norm._prepare(_shadow(v), g, axis)
     layout, reduced = _weight_layout(v, axis)
-    g_kd = _slice_array(g, v, reduced)
+    g_kd = _keepdims_array(g, v, reduced)
     if _within_chunks(v, reduced):
         tuples = _tuple_blocks(_weight_block_forward, v, g_kd, axis, reduced, like=v)
         w = _part(tuples, 0, v.chunks, result)
@@ -678,8 +673,8 @@ def weight_norm_backward(dw, v, g, saved, *, axis=0):
     _, _, _, result, _, g, _, stat_shape = _weight_norm._prepare(_shadow(v), g, axis)
     dw = _like(dw, v, result, "dw")
     layout, reduced = _weight_layout(v, axis)
-    rstd = _slice_array(_stat_host(saved.rstd, stat_shape, "saved.rstd"), v, reduced)
-    g_kd = _slice_array(g, v, reduced)
+    rstd = _keepdims_array(_stat_host(saved.rstd, stat_shape, "saved.rstd"), v, reduced)
+    g_kd = _keepdims_array(g, v, reduced)
     g_dtype = _layout.param_grad_dtype(g)
     if _within_chunks(v, reduced):
         tuples = _tuple_blocks(_weight_block_backward, dw, v, g_kd, rstd, axis, reduced, like=v)
