@@ -8,7 +8,8 @@ import numpy as np
 from numba import prange
 
 from .compile import (
-    aligned_empty, aligned_zeros, cast_like, far_shift, helper, kernel, split_like,
+    aligned_empty, aligned_zeros, cast_like, copy_into, far_shift, helper, kernel,
+    split_like,
 )
 from .channel_loops import (
     _add_moments,
@@ -77,9 +78,9 @@ def channel_moments(x, p_chunk, shift_part, s1_part, s2_part):
             s1[:] = 0.0
             s2[:] = 0.0
             _add_moments(x, n, p0, p1, sh, s1, s2)
-        shift_part[n, k, :] = sh
-        s1_part[n, k, :] = s1
-        s2_part[n, k, :] = s2
+        copy_into(shift_part[n, k], sh)
+        copy_into(s1_part[n, k], s1)
+        copy_into(s2_part[n, k], s2)
 
 
 @kernel
@@ -179,16 +180,16 @@ def channel_grad_sums(dy, x, mean, p_chunk, a_part, b_part):
             _add_grad_sums_runs(dy, x, n, p_start, p_stop, mean[n], sa, sb)
         else:
             _add_grad_sums(dy, x, n, p_start, p_stop, hi[n], lo[n], sa, sb)
-        a_part[n, k, :] = sa
-        b_part[n, k, :] = sb
+        copy_into(a_part[n, k], sa)
+        copy_into(b_part[n, k], sb)
 
 
 @helper(inline=True)
 def _chunk_totals(part1, part2, n, t1, t2):
     """``t1 = part1[n].sum(axis=0)`` and ``t2`` likewise: the partial sums of
     sample ``n``'s chunks, added in chunk order."""
-    t1[:] = part1[n, 0]
-    t2[:] = part2[n, 0]
+    copy_into(t1, part1[n, 0])
+    copy_into(t2, part2[n, 0])
     for k in range(1, part1.shape[1]):
         for c in range(t1.shape[0]):
             t1[c] += part1[n, k, c]

@@ -253,6 +253,15 @@ def aligned_zeros(n, like):
 
 
 @helper(inline=True)
+def copy_into(dst, src):
+    """``dst[:] = src`` for two 1-D arrays of one length, as a loop: Numba's
+    slice assignment from an array compiles its shape-mismatch error message
+    (string formatting, seconds of compiling once per process)."""
+    for i in range(src.shape[0]):
+        dst[i] = src[i]
+
+
+@helper(inline=True)
 def split_like(arr, value):
     """The float64 ``value`` as ``hi + lo``, both of ``arr``'s element type:
     ``hi`` is ``value`` rounded and ``lo`` the rest, rounded. With ``hi`` close

@@ -14,7 +14,7 @@ arithmetic runs at float32 vector width.
 import numpy as np
 from numba import prange
 
-from .compile import cast_like, far_shift, helper, kernel, muladd, split_like
+from .compile import cast_like, copy_into, far_shift, helper, kernel, muladd, split_like
 
 #: Rows per task of :func:`row_forward`.
 FORWARD_ROWS_PER_TASK = 8
@@ -270,8 +270,8 @@ def _backward_block(
                 for j in range(n):
                     dx[r, j] += dh[r, j]
     if param_grads:
-        dweight_part[k, :] = dw
-        dbias_part[k, :] = db
+        copy_into(dweight_part[k], dw)
+        copy_into(dbias_part[k], db)
 
 
 @kernel
