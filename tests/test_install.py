@@ -96,3 +96,28 @@ def test_the_sdist_carries_what_its_tests_need(tmp_path):
     for needed in ("LICENSE", "numbanorm/py.typed", "tests/conftest.py", "tests/helpers.py",
                    "tests/reference.py", "tests/test_contract.py", "examples/conv_norms.py"):
         assert needed in names, needed
+
+
+def _array_to_slice_assignments(path):
+    """``a[..., i:j, ...] = <not a constant>`` statements in a module."""
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.Assign) or isinstance(node.value, ast.Constant):
+            continue
+        for target in node.targets:
+            if isinstance(target, ast.Subscript) and any(
+                isinstance(part, ast.Slice) for part in ast.walk(target.slice)
+            ):
+                found.append(f"{path.name}:{node.lineno}")
+    return found
+
+
+def test_cpu_kernels_copy_arrays_into_slices_with_a_loop():
+    """Numba compiles a slice assignment from an array with a formatted
+    shape-mismatch message: seconds of string-formatting code on every cold
+    start. Kernels use ``copy_into`` instead."""
+    cpu = Path(__file__).resolve().parents[1] / "numbanorm" / "_cpu"
+    found = [hit for path in sorted(cpu.glob("*.py")) for hit in _array_to_slice_assignments(path)]
+    assert found == []
