@@ -10,10 +10,13 @@ them. The cache lives in ``__pycache__`` beside numbanorm's modules, or under
 
 ``--cold`` runs the same calls in a fresh process with an empty cache (a
 temporary ``NUMBA_CACHE_DIR``) and reports the import time, every first
-call's time and the total: the cost a new user pays on first use.
+call's time and the total: the cost a new user pays on first use. With
+``--by-function`` it also lists the functions Numba compiled, by the seconds
+each took itself (its nested compiles not counted): where to cut.
 """
 
 import argparse
+import collections
 import os
 import subprocess
 import sys
@@ -21,6 +24,7 @@ import tempfile
 import time
 
 import numpy as np
+from numba.core import event
 
 #: Inputs of each layout: a small one (below the parallel threshold) and a
 #: large one (above it).
@@ -62,6 +66,35 @@ def _calls(dtype):
         yield f"moments {size}", lambda x=x: moments(x, axis=(0, 2, 3))
 
 
+class CompileTimes(event.Listener):
+    """Seconds Numba spends compiling each function, its nested compiles
+    (helpers it calls) not counted: a listener on Numba's ``numba:compile``
+    events, active inside ``with CompileTimes() as times:``."""
+
+    def __init__(self):
+        self.seconds = collections.Counter()
+        self._open = []  # [name, start, seconds of nested compiles]
+
+    def on_start(self, ev):
+        func = getattr(ev.data.get("dispatcher"), "py_func", None)
+        name = func.__qualname__ if func is not None else "?"
+        self._open.append([name, time.perf_counter(), 0.0])
+
+    def on_end(self, ev):
+        name, start, nested = self._open.pop()
+        took = time.perf_counter() - start
+        self.seconds[name] += took - nested
+        if self._open:
+            self._open[-1][2] += took
+
+    def __enter__(self):
+        event.register("numba:compile", self)
+        return self
+
+    def __exit__(self, *exc):
+        event.unregister("numba:compile", self)
+
+
 def warm(dtypes, progress=True, stream=sys.stderr):
     """Run every first call in each of ``dtypes``; returns ``[(label, seconds)]``."""
     todo = [(f"{np.dtype(d).name} {label}", thunk) for d in dtypes for label, thunk in _calls(d)]
@@ -79,14 +112,18 @@ def warm(dtypes, progress=True, stream=sys.stderr):
     return timings
 
 
-def _cold(dtypes):
+def _cold(dtypes, by_function):
     """Run :func:`warm` in a fresh process with an empty cache; print its report."""
     with tempfile.TemporaryDirectory() as cache:
         env = dict(os.environ, NUMBA_CACHE_DIR=cache)
         code = (
             "import time; t = time.perf_counter(); import numbanorm; "
-            "i = time.perf_counter() - t; from numbanorm.warmup import warm, report; "
-            f"report(i, warm({list(dtypes)!r}, progress=False))"
+            "i = time.perf_counter() - t; "
+            "from numbanorm.warmup import CompileTimes, warm, report, report_functions\n"
+            "with CompileTimes() as c:\n"
+            f"    timings = warm({list(dtypes)!r}, progress=False)\n"
+            "report(i, timings)\n"
+            + ("report_functions(c)\n" if by_function else "")
         )
         start = time.perf_counter()
         subprocess.run([sys.executable, "-c", code], env=env, check=True)
@@ -102,20 +139,34 @@ def report(import_s, timings):
     print(f"{len(timings)} first calls: {total:.1f} s, slowest {max(s for _, s in timings):.2f} s")
 
 
+def report_functions(times, top=20):
+    """Print the ``top`` functions by their own compile seconds."""
+    total = sum(times.seconds.values())
+    print(f"compiling, by function (its own seconds; {total:.1f} s in all):")
+    for name, s in times.seconds.most_common(top):
+        print(f"  {s:6.2f} s  {name}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m numbanorm.warmup", description=__doc__.split("\n\n")[0])
     p.add_argument("--dtype", nargs="+", default=["float32", "float64"])
     p.add_argument("--cold", action="store_true",
                    help="measure compile time in a fresh process with an empty cache")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--by-function", action="store_true",
+                   help="also list the compiled functions by their own compile time")
     args = p.parse_args(argv)
     if args.cold:
-        _cold(args.dtype)
+        _cold(args.dtype, args.by_function)
         return
     start = time.perf_counter()
     import numbanorm  # noqa: F401
 
-    report(time.perf_counter() - start, warm(args.dtype, progress=not args.quiet))
+    with CompileTimes() as times:
+        timings = warm(args.dtype, progress=not args.quiet)
+    report(time.perf_counter() - start, timings)
+    if args.by_function:
+        report_functions(times)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import tarfile
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -75,10 +76,41 @@ def test_a_read_only_install_imports_and_computes_with_one_warning(tmp_path):
 def test_warmup_runs_every_first_call_and_reports_them(capsys):
     from numbanorm.warmup import main
 
-    main(["--dtype", "float32", "--quiet"])
+    main(["--dtype", "float32", "--quiet", "--by-function"])
     out = capsys.readouterr().out
     assert "first calls:" in out
     assert "import numbanorm" in out
+    assert "compiling, by function" in out
+
+
+def test_compile_times_count_each_functions_own_seconds():
+    """``--by-function``'s listener: a function's nested compiles count for
+    the helper, not again for its caller, and nothing outside ``with``."""
+    from numba import njit
+
+    from numbanorm.warmup import CompileTimes
+
+    def helper_to_time(a):
+        return a * 2
+
+    inner = njit(helper_to_time)
+
+    def caller_to_time(a):
+        return inner(a) + 1
+
+    outer = njit(caller_to_time)
+    start = time.perf_counter()
+    with CompileTimes() as times:
+        outer(3)
+    elapsed = time.perf_counter() - start
+    names = {name.rsplit(".", 1)[-1] for name in times.seconds}
+    assert {"helper_to_time", "caller_to_time"} <= names
+    assert all(s > 0 for s in times.seconds.values())
+    assert sum(times.seconds.values()) <= elapsed  # the helper's seconds counted once
+    with CompileTimes() as later:
+        pass
+    outer(4.0)  # compiles after the block: not counted
+    assert not later.seconds
 
 
 def test_the_sdist_carries_what_its_tests_need(tmp_path):
