@@ -162,9 +162,10 @@ def main(argv=None):
     start = time.perf_counter()
     import numbanorm  # noqa: F401
 
+    import_s = time.perf_counter() - start
     with CompileTimes() as times:
         timings = warm(args.dtype, progress=not args.quiet)
-    report(time.perf_counter() - start, timings)
+    report(import_s, timings)
     if args.by_function:
         report_functions(times)
 

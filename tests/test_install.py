@@ -1,6 +1,7 @@
 """numbanorm as installed: a read-only install, the warm-up command, the sdist."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -81,6 +82,9 @@ def test_warmup_runs_every_first_call_and_reports_them(capsys):
     assert "first calls:" in out
     assert "import numbanorm" in out
     assert "compiling, by function" in out
+    import_s = float(re.search(r"import numbanorm: ([0-9.]+) s", out).group(1))
+    calls_s = float(re.search(r"first calls: ([0-9.]+) s", out).group(1))
+    assert import_s < calls_s  # the import alone, not the calls after it
 
 
 def test_compile_times_count_each_functions_own_seconds():
