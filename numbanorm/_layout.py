@@ -16,6 +16,7 @@ Every check runs before any output or running statistic is written.
 import functools
 import math
 import numbers
+import sys
 import threading
 from typing import NamedTuple
 
@@ -59,6 +60,10 @@ def is_dask_array(a):
     return cls.__name__ == "Array" and cls.__module__.startswith("dask.array")
 
 
+#: The module that defines Dask arrays: until it is imported, no argument is one.
+_DASK_ARRAY = "dask.array"
+
+
 def dask_dispatch(function):
     """The Dask dispatch, beside :func:`engine_for`: a public function whose
     ``x`` (or backward's ``dy`` or ``x``) is a Dask array runs its twin in
@@ -67,12 +72,13 @@ def dask_dispatch(function):
 
     @functools.wraps(function)
     def dispatch(*args, **kwargs):
-        arrays = args[:2] if len(args) >= 2 else (*args, *kwargs.values())
-        for a in arrays:
-            if type(a) is not np.ndarray and is_dask_array(a):
-                from ._dask import norms
+        if _DASK_ARRAY in sys.modules:  # else no Dask array exists
+            arrays = args[:2] if len(args) >= 2 else (*args, *kwargs.values())
+            for a in arrays:
+                if type(a) is not np.ndarray and is_dask_array(a):
+                    from ._dask import norms
 
-                return getattr(norms, name)(*args, **kwargs)
+                    return getattr(norms, name)(*args, **kwargs)
         return function(*args, **kwargs)
 
     return dispatch
@@ -473,19 +479,22 @@ def runner_key(kind, settings, *arrays):
     Strides rather than the C-contiguity flag: an array with the same shape,
     dtype and strides as a C-contiguous one is C-contiguous too.
     """
-    parts = [kind]
+    key = [kind, *settings]
     for value in settings:
-        if type(value) not in _KEY_SETTING_TYPES:
+        kind_of = type(value)
+        if kind_of not in _KEY_SETTING_TYPES:
             return None
-        parts.append((type(value), value))
+        key.append(kind_of)
     for a in arrays:
-        if a is None:
-            parts.append(None)
-        elif type(a) is np.ndarray:
-            parts.append((a.shape, a.dtype, a.strides))
+        if type(a) is np.ndarray:
+            key.append(a.shape)
+            key.append(a.dtype)
+            key.append(a.strides)
+        elif a is None:
+            key.append(None)
         else:
             return None
-    return tuple(parts)
+    return tuple(key)
 
 
 def gets_runner(key, x, view, dtype, result):
@@ -521,12 +530,12 @@ def forward(key, engine, view, dtype, result, steps, saved, x, params, out):
     does it, this call first: ``x`` reshaped, a new output, the steps of
     ``to_kernel`` and ``output`` that apply."""
     if gets_runner(key, x, view, dtype, result):
-        kshape = view.kshape
-        new_output = functools.partial(np.empty, view.shape, dtype)
+        shape, kshape = view.shape, view.kshape
 
         def run(x, *params):
-            y = new_output()
-            return y, saved(steps(read_only(x, kshape), y.reshape(kshape), *params))
+            y = np.empty(shape, dtype)
+            yk = y if kshape == shape else y.reshape(kshape)
+            return y, saved(steps(read_only(x, kshape), yk, *params))
 
         return keep_runner(key, run)(x, *params)
     xk = engine.to_kernel(view, x, dtype)
