@@ -426,3 +426,22 @@ def test_results_compose_with_further_dask_operations(synchronous, ndim):
             got_together = dask.compute(exprs[2], *exprs[4:])
             for a, b in zip(got + list(got_together), want + [want[2]] + want[4:]):
                 np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10, err_msg=f"{name} {chunks}")
+
+
+def test_host_calls_do_not_import_dask():
+    """The Dask check of a host call costs a dictionary lookup: until
+    ``dask.array`` is imported no argument can be a Dask array, and a NumPy
+    call never imports it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np, numbanorm as nn\n"
+        "x = np.ones((4, 8), np.float32)\n"
+        "y, s = nn.layer_norm(x); nn.layer_norm_backward(x, x, s)\n"
+        "y, s = nn.group_norm(x.reshape(2, 4, 4), 2); nn.batch_norm(x)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'dask'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert out.stdout.strip() == "[]"
+
