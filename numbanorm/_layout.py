@@ -530,12 +530,12 @@ def forward(key, engine, view, dtype, result, steps, saved, x, params, out):
     does it, this call first: ``x`` reshaped, a new output, the steps of
     ``to_kernel`` and ``output`` that apply."""
     if gets_runner(key, x, view, dtype, result):
-        shape, kshape = view.shape, view.kshape
+        kshape = view.kshape
+        new_output = functools.partial(np.empty, view.shape, dtype)
 
         def run(x, *params):
-            y = np.empty(shape, dtype)
-            yk = y if kshape == shape else y.reshape(kshape)
-            return y, saved(steps(read_only(x, kshape), yk, *params))
+            y = new_output()
+            return y, saved(steps(read_only(x, kshape), y.reshape(kshape), *params))
 
         return keep_runner(key, run)(x, *params)
     xk = engine.to_kernel(view, x, dtype)
