@@ -113,26 +113,35 @@ def warm(dtypes, progress=True, stream=sys.stderr):
 
 
 def _cold(dtypes, by_function):
-    """Run :func:`warm` in a fresh process with an empty cache; print its report."""
+    """Run :func:`warm_and_report` in a fresh process with an empty cache,
+    timing its ``import numbanorm`` too."""
     with tempfile.TemporaryDirectory() as cache:
         env = dict(os.environ, NUMBA_CACHE_DIR=cache)
         code = (
             "import time; t = time.perf_counter(); import numbanorm; "
-            "i = time.perf_counter() - t; "
-            "from numbanorm.warmup import CompileTimes, warm, report, report_functions\n"
-            "with CompileTimes() as c:\n"
-            f"    timings = warm({list(dtypes)!r}, progress=False)\n"
-            "report(i, timings)\n"
-            + ("report_functions(c)\n" if by_function else "")
+            "i = time.perf_counter() - t; from numbanorm.warmup import warm_and_report; "
+            f"warm_and_report({list(dtypes)!r}, {by_function!r}, import_s=i)"
         )
         start = time.perf_counter()
         subprocess.run([sys.executable, "-c", code], env=env, check=True)
         print(f"process, start to end: {time.perf_counter() - start:.1f} s")
 
 
-def report(import_s, timings):
-    """Print the import time, the slowest first calls and the total."""
-    print(f"import numbanorm: {import_s:.2f} s")
+def warm_and_report(dtypes, by_function, import_s=None, progress=False):
+    """:func:`warm`, then its :func:`report` (with ``import_s``, the import
+    time, where the caller measured one) and, if ``by_function``, the
+    compiled functions by their own compile seconds."""
+    with CompileTimes() as times:
+        timings = warm(dtypes, progress=progress)
+    report(timings, import_s)
+    if by_function:
+        report_functions(times)
+
+
+def report(timings, import_s=None):
+    """Print the import time (if given), the slowest first calls and the total."""
+    if import_s is not None:
+        print(f"import numbanorm: {import_s:.2f} s")
     for label, s in sorted(timings, key=lambda t: -t[1])[:10]:
         print(f"  {s:6.2f} s  {label}")
     total = sum(s for _, s in timings)
@@ -159,15 +168,8 @@ def main(argv=None):
     if args.cold:
         _cold(args.dtype, args.by_function)
         return
-    start = time.perf_counter()
-    import numbanorm  # noqa: F401
-
-    import_s = time.perf_counter() - start
-    with CompileTimes() as times:
-        timings = warm(args.dtype, progress=not args.quiet)
-    report(import_s, timings)
-    if args.by_function:
-        report_functions(times)
+    # numbanorm was imported with this module: only --cold can time its import.
+    warm_and_report(args.dtype, args.by_function, progress=not args.quiet)
 
 
 if __name__ == "__main__":
