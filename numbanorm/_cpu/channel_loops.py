@@ -119,7 +119,7 @@ def _run_moments(xr, s):
     return a1, a2
 
 
-@helper(inline=True)
+@helper
 def _mean_var(t1, t2, s, inv_count):
     """Mean and biased variance from the sums ``t1``, ``t2`` of ``x - s`` and
     ``(x - s)**2`` over ``1 / inv_count`` values (float64; NaN stays NaN).
@@ -134,14 +134,14 @@ def _mean_var(t1, t2, s, inv_count):
     return s + m, var
 
 
-@helper(inline=True)
+@helper
 def _mean_rstd(t1, t2, s, inv_count, eps):
     """Mean and ``1/sqrt(var + eps)`` (see :func:`_mean_var`)."""
     mu, var = _mean_var(t1, t2, s, inv_count)
     return mu, 1.0 / np.sqrt(var + eps)
 
 
-@helper(inline=True)
+@helper
 def _group_totals(s1, s2, g, per):
     """The sums of ``s1`` and of ``s2`` over group ``g``'s ``per`` columns."""
     t1 = 0.0
@@ -394,7 +394,7 @@ def _backward_coefficients(x, mean, rstd, weight, beta, gamma, n, cg, hi, al, be
 
 
 
-@helper(inline=True)
+@helper
 def _beta_gamma(sg, sgx, rs, inv_count):
     """``beta`` and ``gamma`` from a group's sums of ``g = weight[c] * dy``
     (``sg``) and of ``g * (x - mean)`` (``sgx``)."""

@@ -32,7 +32,7 @@ from .channel_loops import (
 # -------------------------------------------------------- chunked kernels ---
 
 
-@helper(inline=True)
+@helper
 def _recenter(s1, s2, count, sh):
     """Whether some column's shift ``sh[c]`` lies far from the mean that its
     sums ``s1``, ``s2`` (of ``count`` values about ``sh``) give (see
@@ -184,7 +184,7 @@ def channel_grad_sums(dy, x, mean, p_chunk, a_part, b_part):
         copy_into(b_part[n, k], sb)
 
 
-@helper(inline=True)
+@helper
 def _chunk_totals(part1, part2, n, t1, t2):
     """``t1 = part1[n].sum(axis=0)`` and ``t2`` likewise: the partial sums of
     sample ``n``'s chunks, added in chunk order."""

@@ -211,8 +211,10 @@ def helper(func=None, *, inline=False):
     itself, so the kernel's own cache entry holds everything it runs and the
     kernel build (serial or parallel) alone decides how the helper is compiled.
     ``@helper(inline=True)`` has Numba paste the body into each caller, for a
-    helper called once per channel, where a call with a dozen array
-    arguments costs more than a short run of work.
+    loop over one run or row that its caller repeats, where a call with a
+    dozen array arguments costs more than a short run of work. Each pasted
+    copy is typed and compiled again, so helpers run once per task, group or
+    channel (allocations, scalar formulas) are plain calls.
     """
     options = dict(fastmath=set(FASTMATH), error_model="numpy", nogil=True)
     if inline:
@@ -228,14 +230,14 @@ def helper(func=None, *, inline=False):
 ALIGN_BYTES = 64
 
 
-@helper(inline=True)
+@helper
 def bytes_to_boundary(buf, boundary):
     """How many bytes past the start of ``buf`` the first multiple of
     ``boundary`` is (usable inside kernels)."""
     return (-buf.ctypes.data) % boundary
 
 
-@helper(inline=True)
+@helper
 def aligned_empty(n, like):
     """``np.empty(n, like.dtype)`` whose first element starts on an
     ``ALIGN_BYTES`` boundary (usable inside kernels)."""
@@ -244,7 +246,7 @@ def aligned_empty(n, like):
     return buf[skip:skip + n]
 
 
-@helper(inline=True)
+@helper
 def aligned_zeros(n, like):
     """:func:`aligned_empty` filled with zeros."""
     a = aligned_empty(n, like)
@@ -252,7 +254,7 @@ def aligned_zeros(n, like):
     return a
 
 
-@helper(inline=True)
+@helper
 def copy_into(dst, src):
     """``dst[:] = src`` for two 1-D arrays of one length, as a loop: Numba's
     slice assignment from an array compiles its shape-mismatch error message
@@ -261,7 +263,7 @@ def copy_into(dst, src):
         dst[i] = src[i]
 
 
-@helper(inline=True)
+@helper
 def split_like(arr, value):
     """The float64 ``value`` as ``hi + lo``, both of ``arr``'s element type:
     ``hi`` is ``value`` rounded and ``lo`` the rest, rounded. With ``hi`` close
@@ -277,7 +279,7 @@ def split_like(arr, value):
 RECENTER_STDS = 4.0
 
 
-@helper(inline=True)
+@helper
 def far_shift(t1, t2, inv_count):
     """The mean's offset from the shift of the sums ``t1``, ``t2`` of
     ``x - shift`` and ``(x - shift)**2`` over ``1 / inv_count`` values when

@@ -158,7 +158,7 @@ def _add_rows_param_terms(dy, x, r0, r1, his, los, rss, dw, db):
             db[j] += np.float64(g)
 
 
-@helper(inline=True)
+@helper
 def _block_work(x, param_grads):
     """A row block's float64 parameter sums (empty unless ``param_grads``),
     and room for the hi, lo, rstd and two ``dx`` coefficients of its last
@@ -172,7 +172,7 @@ def _block_work(x, param_grads):
 TOTAL_COLUMNS = 1024
 
 
-@helper(inline=True)
+@helper
 def _block_totals(dweight_part, dbias_part, dweight, dbias):
     """``dweight = dweight_part.sum(axis=0)`` and ``dbias`` likewise: the row
     blocks' float64 sums added in block order (NumPy's order, the same bits),
