@@ -177,6 +177,33 @@ def _group_run_moments(xs, n, g, s):
     return t1, t2
 
 
+@helper
+def _channels_first_sample(x, groups, weight, bias, eps, n, y, mean, rstd):
+    """Sample ``n`` of :func:`sample_norm_forward`, channels first, one group
+    at a time (a helper of its own: a kernel's loop body is typed once per
+    build and once more for its parallel loop, a helper's once)."""
+    N, P, C, Q = x.shape
+    cg = C // groups
+    inv_count = 1.0 / (P * Q * cg)
+    # In each row p, a group's runs are contiguous: sum them as one run.
+    xs = x.reshape((N, P, groups, cg * Q))
+    for g in range(groups):
+        s = np.float64(xs[n, 0, g, 0])
+        t1, t2 = _group_run_moments(xs, n, g, s)
+        offset = far_shift(t1, t2, inv_count)
+        if offset != 0.0:  # the group's first value lies far from its mean
+            s += offset
+            t1, t2 = _group_run_moments(xs, n, g, s)
+        mu, rs = _mean_rstd(t1, t2, s, inv_count, eps)
+        mean[n, g] = mu
+        rstd[n, g] = rs
+        if P == 1:  # NCHW: no loop around a short run
+            _affine_group_runs(x, y, n, 0, g, cg, mu, rs, weight, bias)
+        else:
+            for p in range(P):
+                _affine_group_runs(x, y, n, p, g, cg, mu, rs, weight, bias)
+
+
 @kernel
 def sample_norm_forward(x, groups, weight, bias, eps, samples_per_task, y, mean, rstd):
     """Group norm of each sample: statistics per ``(n, group)`` into ``mean``
@@ -195,28 +222,10 @@ def sample_norm_forward(x, groups, weight, bias, eps, samples_per_task, y, mean,
     work arrays.
     """
     N, P, C, Q = x.shape
-    cg = C // groups
-    inv_count = 1.0 / (P * Q * cg)
     if Q > 1:
-        # In each row p, a group's runs are contiguous: sum them as one run.
-        xs = x.reshape((N, P, groups, cg * Q))
         for task in prange(N):
             n = np.int64(task)  # signed in both builds (see kernel)
-            for g in range(groups):
-                s = np.float64(xs[n, 0, g, 0])
-                t1, t2 = _group_run_moments(xs, n, g, s)
-                offset = far_shift(t1, t2, inv_count)
-                if offset != 0.0:  # the group's first value lies far from its mean
-                    s += offset
-                    t1, t2 = _group_run_moments(xs, n, g, s)
-                mu, rs = _mean_rstd(t1, t2, s, inv_count, eps)
-                mean[n, g] = mu
-                rstd[n, g] = rs
-                if P == 1:  # NCHW: no loop around a short run
-                    _affine_group_runs(x, y, n, 0, g, cg, mu, rs, weight, bias)
-                else:
-                    for p in range(P):
-                        _affine_group_runs(x, y, n, p, g, cg, mu, rs, weight, bias)
+            _channels_first_sample(x, groups, weight, bias, eps, n, y, mean, rstd)
         return
     per = samples_per_task
     for task in prange((N + per - 1) // per):
@@ -333,6 +342,29 @@ def sample_norm_backward(
         )
 
 
+@helper
+def _instance_block_backward(
+    dy, x, mean, rstd, weight, samples_per_block, k, sum_dy, sum_dy_xhat, dx
+):
+    """Block ``k`` of :func:`instance_runs_backward` (a helper of its own, see
+    :func:`_channels_first_sample`)."""
+    N, P, C, Q = x.shape
+    inv_count = 1.0 / Q
+    paired = C - C % 2
+    block_dy, block_dy_xhat, sa, sb = _block_sums(sum_dy, sum_dy_xhat, k)
+    for n in range(k * samples_per_block, min(N, (k + 1) * samples_per_block)):
+        gs, xs, ds = dy[n, 0], x[n, 0], dx[n, 0]
+        for c in range(0, paired, 2):
+            _instance_pair_backward(gs, xs, ds, c, mean[n], rstd[n], weight, inv_count, sa, sb)
+        if paired < C:  # an odd channel count: the last channel alone
+            sa[C - 1] = 0.0
+            sb[C - 1] = 0.0
+            _group_backward_runs(
+                dy, x, dx, n, C - 1, mean[n], rstd[n], weight, inv_count, sa, sb
+            )
+        _add_sample_sums(sa, sb, rstd[n], 1, block_dy, block_dy_xhat)
+
+
 @kernel
 def instance_runs_backward(
     dy, x, mean, rstd, weight, samples_per_block, sum_dy, sum_dy_xhat, dx
@@ -344,23 +376,10 @@ def instance_runs_backward(
     A kernel of its own: the same loops inside :func:`sample_norm_backward`,
     among its other layouts, compiled slower.
     """
-    N, P, C, Q = x.shape
-    inv_count = 1.0 / Q
-    paired = C - C % 2
+    N = x.shape[0]
     nblocks = (N + samples_per_block - 1) // samples_per_block
     for task in prange(nblocks):
         k = np.int64(task)  # signed in both builds (see kernel)
-        block_dy, block_dy_xhat, sa, sb = _block_sums(sum_dy, sum_dy_xhat, k)
-        for n in range(k * samples_per_block, min(N, (k + 1) * samples_per_block)):
-            gs, xs, ds = dy[n, 0], x[n, 0], dx[n, 0]
-            for c in range(0, paired, 2):
-                _instance_pair_backward(
-                    gs, xs, ds, c, mean[n], rstd[n], weight, inv_count, sa, sb
-                )
-            if paired < C:  # an odd channel count: the last channel alone
-                sa[C - 1] = 0.0
-                sb[C - 1] = 0.0
-                _group_backward_runs(
-                    dy, x, dx, n, C - 1, mean[n], rstd[n], weight, inv_count, sa, sb
-                )
-            _add_sample_sums(sa, sb, rstd[n], 1, block_dy, block_dy_xhat)
+        _instance_block_backward(
+            dy, x, mean, rstd, weight, samples_per_block, k, sum_dy, sum_dy_xhat, dx
+        )
