@@ -22,7 +22,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._cpu import engine as _engine
 from ._cpu import memory
 from ._types import NormStats
 
@@ -43,12 +42,20 @@ def is_device_array(a):
     )
 
 
+_cpu_engine = []  # the CPU engine, once imported
+
+
 def engine_for(device):
     """The one dispatch point: the engine of the back end for host
-    (``device=False``) or device arrays. The CUDA back end, and with it Numba's
-    CUDA target, is imported on first use."""
+    (``device=False``) or device arrays. Each back end, and with it Numba, is
+    imported on first use: ``import numbanorm`` imports neither."""
     if not device:
-        return _engine
+        if _cpu_engine:
+            return _cpu_engine[0]
+        from ._cpu import engine
+
+        _cpu_engine.append(engine)
+        return engine
     from ._cuda import engine
 
     return engine

@@ -4,11 +4,11 @@ from typing import Iterable, NamedTuple, Optional
 
 import numpy as np
 
-from ._cpu import engine
 from ._types import ArrayLike, Axis
 from ._layout import (
     dask_dispatch,
     as_array,
+    engine_for,
     is_device_array,
     compute_dtype,
     normalize_axes,
@@ -145,5 +145,5 @@ def moments(x: ArrayLike, axis: Optional[Axis] = None) -> "Moments":
     require_nonempty_reduction(length, "axis={!r} of shape {}", axis, x.shape)
     # Each row as a column of one channel, so that it is summed in chunks.
     view = view._replace(kshape=(rows, length, 1, 1))
-    count, mean, m2 = engine.group_m2(view.to_kernel(x, dtype), 1)
+    count, mean, m2 = engine_for(False).group_m2(view.to_kernel(x, dtype), 1)
     return Moments(count, mean.reshape(stat_shape), m2.reshape(stat_shape))

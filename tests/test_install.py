@@ -73,6 +73,27 @@ def test_a_read_only_install_imports_and_computes_with_one_warning(tmp_path):
     assert done.stdout.strip() == "ok"
 
 
+def test_import_leaves_numba_to_the_first_call():
+    """``import numbanorm`` imports neither back end, so neither Numba (a
+    third of a second); the first call imports the CPU one."""
+    code = textwrap.dedent("""
+        import sys
+        import numpy as np
+        import numbanorm as nn
+        assert not [m for m in sys.modules if m.split(".")[0] == "numba"], "numba imported"
+        assert "numbanorm._cpu.engine" not in sys.modules
+        layer = nn.LayerNorm(4)  # building a layer needs no kernel either
+        assert "numba" not in sys.modules
+        nn.layer_norm(np.ones((2, 4), np.float32))
+        assert "numba" in sys.modules and "numbanorm._cpu.engine" in sys.modules
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+
+
 def test_warmup_runs_every_first_call_and_reports_them(capsys):
     from numbanorm.warmup import main, warm_and_report
 
