@@ -444,4 +444,3 @@ def test_host_calls_do_not_import_dask():
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     assert out.stdout.strip() == "[]"
-
